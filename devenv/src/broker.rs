@@ -1,0 +1,102 @@
+//! A Kafka-protocol broker (tansu) on 127.0.0.1, and the topic set-up every environment needs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+use crate::process::{wait_until, Launch};
+
+/// Where the broker keeps its log and committed offsets.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// Durable: survives a broker restart (tests of durability, local runs).
+    Sqlite,
+    /// Fast and volatile (benchmarks).
+    Memory,
+}
+
+/// A local tansu broker: its port, storage and state directory.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    pub state_dir: PathBuf,
+    pub port: u16,
+    pub storage: Storage,
+}
+
+impl Broker {
+    /// The `bootstrap.servers` value clients use.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn prepare(&self, tansu: &Path) -> Result<Launch> {
+        std::fs::create_dir_all(&self.state_dir)
+            .with_context(|| format!("creating {}", self.state_dir.display()))?;
+        let dir = std::fs::canonicalize(&self.state_dir)?;
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let storage = match self.storage {
+            // tansu drops the first `/` of the path, so an absolute path needs four.
+            Storage::Sqlite => format!("sqlite:///{}/tansu.db", dir.display()),
+            Storage::Memory => "memory://tansu/".to_string(),
+        };
+        Ok(Launch {
+            program: tansu.to_path_buf(),
+            args: vec![
+                "broker".into(),
+                "--listener-url".into(),
+                listener.clone().into(),
+                "--advertised-listener-url".into(),
+                listener.into(),
+                "--storage-engine".into(),
+                storage.into(),
+            ],
+            envs: Vec::new(),
+            log_file: dir.join("tansu.log"),
+        })
+    }
+
+    /// Waits until a metadata request answers.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "0")
+            .create()?;
+        wait_until("Kafka broker", timeout, || {
+            consumer
+                .fetch_metadata(None, Duration::from_secs(1))
+                .map(drop)
+                .map_err(Into::into)
+        })
+    }
+
+    /// Creates each topic with `partitions` partitions; one that already exists is left as is.
+    pub fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
+        create_topics(&self.bootstrap(), topics, partitions)
+    }
+}
+
+/// Creates topics on any Kafka-protocol broker; existing topics are left as they are.
+pub fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let new_topics: Vec<NewTopic> = topics
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures::executor::block_on(admin.create_topics(&new_topics, &options))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! `eye-dev` (run as `cargo dev …`): brings The Eye's local services up and down, runs the
+//! pipeline locally, and runs the test suite.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use eye_devenv::broker::{Broker, Storage};
+use eye_devenv::clickhouse::ClickHouseServer;
+use eye_devenv::install;
+use eye_devenv::process::{running_pid, stop_by_pid_file, Launch, StopOutcome};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// The topic applications produce to and the processor consumes.
+const RAW_TOPIC: &str = "eye.events.raw";
+
+#[derive(Parser)]
+#[command(
+    name = "eye-dev",
+    about = "Local services, local runs and tests for The Eye"
+)]
+struct Cli {
+    /// Where services keep their data, logs and pid files.
+    #[arg(long, env = "EYE_STATE_DIR", default_value_os_t = default_state_dir(), global = true)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install clickhouse-server (apt) and tansu (cargo) if they are missing.
+    Install,
+    /// Start ClickHouse and the Kafka broker (installing them if needed) and create the topics.
+    Up(Ports),
+    /// Stop every process `up` and `run` started (by pid file), keeping their data.
+    Down,
+    /// Show which services are running and where they listen.
+    Status,
+    /// `up`, then build and start the ingest bridge and the processor in the background.
+    Run(Ports),
+    /// Install the services the tests start, then run `cargo test` for the whole workspace.
+    Test {
+        /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_test_args: Vec<String>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Ports {
+    #[arg(long, default_value_t = 9092)]
+    kafka_port: u16,
+    #[arg(long, default_value_t = 8123)]
+    clickhouse_http_port: u16,
+    #[arg(long, default_value_t = 9000)]
+    clickhouse_tcp_port: u16,
+    /// HTTP port of the ingest bridge (`run` only).
+    #[arg(long, default_value_t = 8080)]
+    ingest_port: u16,
+    /// Partitions of the raw topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Keep the broker's log in memory (fast, lost on restart) instead of sqlite.
+    #[arg(long)]
+    memory: bool,
+}
+
+fn default_state_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.eye")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// One process `eye-dev` manages: its pid file and what its command line must contain.
+struct Managed {
+    name: &'static str,
+    program: &'static str,
+}
+
+const CLICKHOUSE: Managed = Managed {
+    name: "clickhouse",
+    program: "clickhouse",
+};
+const KAFKA: Managed = Managed {
+    name: "kafka",
+    program: "tansu",
+};
+const INGEST: Managed = Managed {
+    name: "ingest",
+    program: "eye-ingest",
+};
+const PROCESSOR: Managed = Managed {
+    name: "processor",
+    program: "eye-processor",
+};
+/// In stop order: consumers of a service before the service.
+const ALL: [Managed; 4] = [INGEST, PROCESSOR, KAFKA, CLICKHOUSE];
+
+impl Managed {
+    fn pid_file(&self, state: &Path) -> PathBuf {
+        state.join(format!("{}.pid", self.name))
+    }
+    fn address_file(&self, state: &Path) -> PathBuf {
+        state.join(format!("{}.address", self.name))
+    }
+    fn running(&self, state: &Path) -> Option<u32> {
+        running_pid(&self.pid_file(state), self.program)
+    }
+    /// Starts `launch` detached unless already running; records where it listens.
+    fn start(&self, state: &Path, launch: &Launch, address: &str) -> Result<()> {
+        if let Some(pid) = self.running(state) {
+            println!("{:<10} already running (pid {pid})", self.name);
+            return Ok(());
+        }
+        let pid = launch.spawn_detached(&self.pid_file(state))?;
+        fs::write(self.address_file(state), address)?;
+        println!(
+            "{:<10} started (pid {pid}), log {}",
+            self.name,
+            launch.log_file.display()
+        );
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    match run_cli(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("eye-dev: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli(cli: Cli) -> Result<ExitCode> {
+    let state = cli.state_dir;
+    match cli.command {
+        Cmd::Install => {
+            install::ensure_clickhouse()?;
+            install::ensure_tansu()?;
+        }
+        Cmd::Up(ports) => {
+            up(&state, &ports)?;
+            status(&state);
+        }
+        Cmd::Down => down(&state)?,
+        Cmd::Status => status(&state),
+        Cmd::Run(ports) => {
+            up(&state, &ports)?;
+            start_pipeline(&state, &ports)?;
+            status(&state);
+        }
+        Cmd::Test { cargo_test_args } => return test(&cargo_test_args),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn up(state: &Path, ports: &Ports) -> Result<()> {
+    let clickhouse_server = install::ensure_clickhouse()?;
+    let tansu = install::ensure_tansu()?;
+    fs::create_dir_all(state)?;
+    let state = fs::canonicalize(state)?;
+
+    let clickhouse = ClickHouseServer {
+        state_dir: state.join("clickhouse"),
+        http_port: ports.clickhouse_http_port,
+        tcp_port: ports.clickhouse_tcp_port,
+    };
+    let launch = clickhouse.prepare(&clickhouse_server)?;
+    CLICKHOUSE.start(&state, &launch, &clickhouse.url())?;
+
+    let broker = Broker {
+        state_dir: state.join("kafka"),
+        port: ports.kafka_port,
+        storage: if ports.memory {
+            Storage::Memory
+        } else {
+            Storage::Sqlite
+        },
+    };
+    let launch = broker.prepare(&tansu)?;
+    KAFKA.start(&state, &launch, &broker.bootstrap())?;
+
+    clickhouse.wait_ready(READY_TIMEOUT)?;
+    broker.wait_ready(READY_TIMEOUT)?;
+    broker.create_topics(&[RAW_TOPIC], ports.partitions)?;
+    Ok(())
+}
+
+fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
+    let root = workspace_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "eye-ingest",
+            "--bin",
+            "eye-processor",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed: {status}");
+    }
+    let state = fs::canonicalize(state)?;
+    let bin = root.join("target/release");
+    let kafka = format!("127.0.0.1:{}", ports.kafka_port);
+    let clickhouse = format!("http://127.0.0.1:{}", ports.clickhouse_http_port);
+    let ingest_listen = format!("127.0.0.1:{}", ports.ingest_port);
+    // The services read their settings from the file and `EYE_…` variables; `eye-dev` passes
+    // the addresses it chose through the environment.
+    let envs = vec![
+        ("EYE_KAFKA__BROKERS".into(), kafka.clone().into()),
+        ("EYE_CLICKHOUSE__URL".into(), clickhouse.into()),
+        ("EYE_LISTEN".into(), ingest_listen.clone().into()),
+    ];
+    let launch_with = |program: &str, config: &str, log: &str| Launch {
+        program: bin.join(program),
+        args: vec!["--config".into(), root.join(config).into()],
+        envs: envs.clone(),
+        log_file: state.join(log),
+    };
+    INGEST.start(
+        &state,
+        &launch_with("eye-ingest", "config/ingest.toml", "ingest.log"),
+        &format!("http://{ingest_listen}"),
+    )?;
+    PROCESSOR.start(
+        &state,
+        &launch_with("eye-processor", "config/processor.toml", "processor.log"),
+        &format!("consumes {RAW_TOPIC} from {kafka}"),
+    )?;
+    Ok(())
+}
+
+fn down(state: &Path) -> Result<()> {
+    for service in ALL {
+        match stop_by_pid_file(&service.pid_file(state), service.program, STOP_GRACE)? {
+            StopOutcome::Stopped(pid) => println!("{:<10} stopped (pid {pid})", service.name),
+            StopOutcome::NotRunning => println!("{:<10} not running", service.name),
+        }
+    }
+    Ok(())
+}
+
+fn status(state: &Path) {
+    for service in ALL.iter().rev() {
+        match service.running(state) {
+            Some(pid) => {
+                let address = fs::read_to_string(service.address_file(state)).unwrap_or_default();
+                println!("{:<10} running (pid {pid})  {address}", service.name);
+            }
+            None => println!("{:<10} stopped", service.name),
+        }
+    }
+}
+
+fn test(cargo_test_args: &[String]) -> Result<ExitCode> {
+    install::ensure_clickhouse()?;
+    install::ensure_tansu()?;
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args(["test", "--workspace"])
+        .args(cargo_test_args)
+        .status()
+        .context("running cargo test")?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}

@@ -1,0 +1,162 @@
+//! Services for integration tests: each test binary starts its own broker and ClickHouse on free
+//! ports the first time a test asks, and they stop when the test process exits. Tests isolate
+//! themselves with [`unique_name`] topics and databases.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::broker::{Broker, Storage};
+use crate::clickhouse::ClickHouseServer;
+use crate::install;
+use crate::process::{free_port, Supervised};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The broker and ClickHouse shared by the tests of one test binary.
+#[derive(Debug)]
+pub struct SharedServices {
+    pub broker: Broker,
+    pub clickhouse: ClickHouseServer,
+    // Never dropped (a static); the supervisors stop the servers when the process exits.
+    _processes: Vec<Supervised>,
+}
+
+/// Starts the shared services on first use.
+pub fn services() -> &'static SharedServices {
+    static SHARED: OnceLock<SharedServices> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let clickhouse_dir = scratch_dir("clickhouse");
+        let clickhouse = ClickHouseServer {
+            state_dir: clickhouse_dir.clone(),
+            http_port: free_port(),
+            tcp_port: free_port(),
+        };
+        let clickhouse_process = clickhouse
+            .prepare(&clickhouse_server_binary())
+            .and_then(|launch| launch.spawn_supervised(Some(&clickhouse_dir)))
+            .expect("starting ClickHouse for tests");
+        let broker_dir = scratch_dir("broker");
+        let broker = Broker {
+            state_dir: broker_dir.clone(),
+            port: free_port(),
+            storage: Storage::Sqlite,
+        };
+        let broker_process = broker
+            .prepare(&tansu_binary())
+            .and_then(|launch| launch.spawn_supervised(Some(&broker_dir)))
+            .expect("starting tansu for tests");
+        clickhouse
+            .wait_ready(READY_TIMEOUT)
+            .expect("ClickHouse for tests");
+        broker.wait_ready(READY_TIMEOUT).expect("tansu for tests");
+        SharedServices {
+            broker,
+            clickhouse,
+            _processes: vec![clickhouse_process, broker_process],
+        }
+    })
+}
+
+/// A broker of one test's own, for tests that stop and restart it or load it heavily; the port
+/// stays the same across restarts.
+#[derive(Debug)]
+pub struct OwnedBroker {
+    pub broker: Broker,
+    process: Option<Supervised>,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnedBroker {
+    /// Durable (sqlite) storage: a restart keeps the log.
+    pub fn start() -> Self {
+        Self::start_with(Storage::Sqlite)
+    }
+
+    pub fn start_with(storage: Storage) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("eye-test-broker-")
+            .tempdir()
+            .expect("creating a broker state dir");
+        let broker = Broker {
+            state_dir: dir.path().to_path_buf(),
+            port: free_port(),
+            storage,
+        };
+        let mut owned = OwnedBroker {
+            broker,
+            process: None,
+            _dir: dir,
+        };
+        owned.resume();
+        owned
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.broker.bootstrap()
+    }
+
+    /// Stops the broker process; its data stays.
+    pub fn halt(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    /// Starts the broker again on the same port and waits until it answers.
+    pub fn resume(&mut self) {
+        assert!(self.process.is_none(), "broker already running");
+        let process = self
+            .broker
+            .prepare(&tansu_binary())
+            .and_then(|launch| launch.spawn_supervised(None))
+            .expect("starting tansu");
+        self.process = Some(process);
+        self.broker.wait_ready(READY_TIMEOUT).expect("tansu ready");
+    }
+}
+
+impl Drop for OwnedBroker {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// A name no other test (or earlier run) uses: `prefix_<pid>_<time>_<n>`, valid as a Kafka topic
+/// and as a ClickHouse identifier.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
+    format!(
+        "{prefix}_{}_{micros}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn scratch_dir(service: &str) -> PathBuf {
+    tempfile::Builder::new()
+        .prefix(&format!("eye-test-{service}-"))
+        .tempdir()
+        .expect("creating a scratch dir")
+        .keep()
+}
+
+fn tansu_binary() -> PathBuf {
+    install::tansu().unwrap_or_else(|| {
+        panic!(
+            "tansu {} is not installed: run the tests with `cargo dev test`, which installs it",
+            install::TANSU_VERSION
+        )
+    })
+}
+
+fn clickhouse_server_binary() -> PathBuf {
+    install::clickhouse_server().expect(
+        "clickhouse-server is not installed: run the tests with `cargo dev test`, which installs it",
+    )
+}

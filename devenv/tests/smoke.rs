@@ -1,0 +1,112 @@
+//! The services started for tests really serve what the pipeline needs: Kafka produce, group
+//! consume with a committed offset, and ClickHouse DDL, inserts and reads with the `clickhouse`
+//! crate.
+
+use std::time::Duration;
+
+use clickhouse::Row;
+use eye_devenv::broker::create_topics;
+use eye_devenv::testing::{services, unique_name};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+#[tokio::test]
+async fn kafka_round_trip_with_committed_offset() {
+    let bootstrap = services().broker.bootstrap();
+    let topic = unique_name("smoke");
+    let group = unique_name("smoke_group");
+    create_topics(&bootstrap, &[&topic], 3).unwrap();
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let delivery = producer
+        .send(
+            FutureRecord::to(&topic).key("session-1").payload("hello"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produced");
+    let (partition, offset) = (delivery.partition, delivery.offset);
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a message within 30 s")
+        .unwrap();
+    assert_eq!(message.payload(), Some(&b"hello"[..]));
+    assert_eq!(message.key(), Some(&b"session-1"[..]));
+    assert_eq!((message.partition(), message.offset()), (partition, offset));
+    consumer.commit_message(&message, CommitMode::Sync).unwrap();
+
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(&topic, partition);
+    let committed = consumer
+        .committed_offsets(wanted, Duration::from_secs(10))
+        .unwrap();
+    let committed = committed
+        .find_partition(&topic, partition)
+        .unwrap()
+        .offset();
+    assert_eq!(committed, Offset::Offset(offset + 1));
+}
+
+#[derive(Debug, Row, Serialize, Deserialize, PartialEq)]
+struct SmokeRow {
+    id: u32,
+    name: String,
+}
+
+#[tokio::test]
+async fn clickhouse_insert_and_read_back() {
+    let database = unique_name("smoke");
+    let client = clickhouse::Client::default()
+        .with_url(services().clickhouse.url())
+        .with_validation(false);
+    client
+        .query(&format!("CREATE DATABASE {database}"))
+        .execute()
+        .await
+        .unwrap();
+    let client = client.with_database(&database);
+    client
+        .query("CREATE TABLE rows (id UInt32, name String) ENGINE = MergeTree ORDER BY id")
+        .execute()
+        .await
+        .unwrap();
+
+    let written = vec![
+        SmokeRow {
+            id: 1,
+            name: "pageview".into(),
+        },
+        SmokeRow {
+            id: 2,
+            name: "cta click".into(),
+        },
+    ];
+    let mut insert = client.insert::<SmokeRow>("rows").await.unwrap();
+    for row in &written {
+        insert.write(row).await.unwrap();
+    }
+    insert.end().await.unwrap();
+
+    let read: Vec<SmokeRow> = client
+        .query("SELECT ?fields FROM rows ORDER BY id")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(read, written);
+}

@@ -1,0 +1,48 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use eye_ingest::config::IngestConfig;
+use tracing_subscriber::EnvFilter;
+
+/// The Eye's ingest bridge: trusted applications POST events to /v1/events; each is on the raw
+/// Kafka topic before the 202 reply.
+#[derive(Parser)]
+#[command(name = "eye-ingest", version)]
+struct Cli {
+    /// Configuration file (TOML); `EYE_…` environment variables override it
+    /// (e.g. EYE_LISTEN, EYE_KAFKA__BROKERS, EYE_PRODUCER__TOPIC).
+    #[arg(long, env = "EYE_INGEST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the hex SHA-256 of an API key (for `key_sha256` in the configuration) and exit.
+    #[arg(long, value_name = "API_KEY")]
+    hash_key: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(key) = cli.hash_key {
+        println!("{}", eye_ingest::auth::key_sha256(&key));
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .json()
+        .init();
+    let config: IngestConfig = eye_core::settings::load(cli.config.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    eye_ingest::serve(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

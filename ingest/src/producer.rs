@@ -1,0 +1,175 @@
+//! The Kafka side of the bridge: produces a request's events to the raw topic and resolves only
+//! when the broker has acknowledged every one of them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eye_core::raw::Stamp;
+use eye_core::settings::KafkaSettings;
+use futures::future::join_all;
+use metrics::{counter, gauge, histogram};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
+use tracing::warn;
+
+use crate::config::ProducerSettings;
+
+/// Why a request's events could not all be acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("the Kafka broker is unreachable")]
+    BrokerUnavailable,
+    #[error("the producer queue is full")]
+    QueueFull,
+    #[error("the broker did not acknowledge an event: {0}")]
+    NotAcknowledged(KafkaError),
+}
+
+/// One event ready to produce: the client's bytes, its routing key and the bridge's stamp.
+pub struct OutgoingEvent<'a> {
+    pub key: &'a [u8],
+    pub payload: &'a [u8],
+    pub stamp: &'a Stamp,
+}
+
+/// Tracks whether any broker connection is up, from librdkafka's statistics and errors.
+pub struct BrokerWatch {
+    up: Arc<AtomicBool>,
+}
+
+impl ClientContext for BrokerWatch {
+    fn stats(&self, stats: Statistics) {
+        let up = stats.brokers.values().any(|broker| broker.state == "UP");
+        self.up.store(up, Ordering::Relaxed);
+        gauge!("eye_ingest_producer_queue_events").set(stats.msg_cnt as f64);
+        gauge!("eye_ingest_broker_up").set(if up { 1.0 } else { 0.0 });
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.up.store(false, Ordering::Relaxed);
+        }
+        warn!(%error, reason, "kafka client error");
+    }
+}
+
+pub struct EventProducer {
+    producer: FutureProducer<BrokerWatch>,
+    topic: String,
+    queue_max_events: usize,
+    broker_up: Arc<AtomicBool>,
+}
+
+impl EventProducer {
+    pub fn new(kafka: &KafkaSettings, settings: &ProducerSettings) -> Result<Self, KafkaError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", &settings.compression)
+            .set("linger.ms", settings.linger_ms.to_string())
+            .set("batch.size", settings.batch_size_bytes.to_string())
+            .set(
+                "message.timeout.ms",
+                settings.message_timeout_ms.to_string(),
+            )
+            .set(
+                "queue.buffering.max.messages",
+                settings.queue_max_events.to_string(),
+            )
+            .set("statistics.interval.ms", "1000")
+            // Keep a connection to every known broker even when idle, so readiness (any broker
+            // connection up) does not flicker while no events flow.
+            .set("enable.sparse.connections", "false")
+            .set("reconnect.backoff.max.ms", "1000");
+        for (key, value) in &kafka.librdkafka {
+            config.set(key, value);
+        }
+        let broker_up = Arc::new(AtomicBool::new(false));
+        let producer = config.create_with_context(BrokerWatch {
+            up: broker_up.clone(),
+        })?;
+        Ok(Self {
+            producer,
+            topic: settings.topic.clone(),
+            queue_max_events: settings.queue_max_events as usize,
+            broker_up,
+        })
+    }
+
+    /// Whether a broker connection is up, as of the last statistics (at most a second old).
+    pub fn broker_reachable(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
+    }
+
+    /// Produces every event and waits until the broker has acknowledged all of them. Refuses
+    /// up front, producing nothing, when the broker is unreachable or the queue lacks room.
+    pub async fn produce_all(&self, events: &[OutgoingEvent<'_>]) -> Result<(), ProduceError> {
+        if !self.broker_reachable() {
+            return Err(ProduceError::BrokerUnavailable);
+        }
+        if self.producer.in_flight_count() as usize + events.len() > self.queue_max_events {
+            return Err(ProduceError::QueueFull);
+        }
+        let started = Instant::now();
+        let mut deliveries = Vec::with_capacity(events.len());
+        let mut refused = None;
+        for event in events {
+            let mut headers = OwnedHeaders::new_with_capacity(3);
+            for (key, value) in event.stamp.header_values() {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(&value),
+                });
+            }
+            let record = FutureRecord::to(&self.topic)
+                .key(event.key)
+                .payload(event.payload)
+                .headers(headers)
+                .timestamp(event.stamp.received_at.timestamp_millis());
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => {
+                    refused = Some(error);
+                    break;
+                }
+            }
+        }
+        // Wait for what was queued even when the rest was refused, so nothing is left behind
+        // unobserved; the reply is 503 either way.
+        let results = join_all(deliveries).await;
+        histogram!("eye_ingest_produce_seconds").record(started.elapsed().as_secs_f64());
+        if let Some(error) = refused {
+            return Err(match error.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::QueueFull) => ProduceError::QueueFull,
+                _ => ProduceError::NotAcknowledged(error),
+            });
+        }
+        let mut acknowledged = 0u64;
+        let mut failure = None;
+        for result in results {
+            match result {
+                Ok(Ok(_)) => acknowledged += 1,
+                Ok(Err((error, _))) => failure = Some(error),
+                Err(_canceled) => failure = Some(KafkaError::Canceled),
+            }
+        }
+        counter!("eye_ingest_events_produced_total").increment(acknowledged);
+        match failure {
+            None => Ok(()),
+            Some(error) => Err(ProduceError::NotAcknowledged(error)),
+        }
+    }
+
+    /// Waits for queued events to be delivered, for graceful shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.producer.flush(timeout) {
+            warn!(%error, "events still queued at shutdown");
+        }
+    }
+}

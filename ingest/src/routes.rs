@@ -1,0 +1,262 @@
+//! The HTTP API: `POST /v1/events`, health, readiness and metrics. One error enum maps every
+//! refusal to its status; nothing a client sends yields a 500.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use eye_core::raw::{now_micros, Stamp};
+use metrics::counter;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::auth::Applications;
+use crate::body::{gunzip, split_events, BodyError, BodyFormat};
+use crate::config::{IngestConfig, Limits};
+use crate::producer::{EventProducer, OutgoingEvent, ProduceError};
+
+pub struct AppState {
+    pub applications: Applications,
+    pub producer: Arc<EventProducer>,
+    pub limits: Limits,
+    pub retry_after_seconds: u32,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: Arc<AppState>, config: &IngestConfig) -> Router {
+    let mut events = Router::new()
+        .route("/v1/events", post(post_events))
+        .layer(DefaultBodyLimit::max(config.limits.max_body_bytes));
+    if !config.cors_allowed_origins.is_empty() {
+        let origins = config
+            .cors_allowed_origins
+            .iter()
+            .filter_map(|origin| HeaderValue::from_str(origin).ok());
+        events = events.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::POST])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::CONTENT_ENCODING,
+                ])
+                .max_age(std::time::Duration::from_secs(3600)),
+        );
+    }
+    Router::new()
+        .merge(events)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(state)
+        .layer(TraceLayer::new_for_http())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("could not read the body: {0}")]
+    BodyUnreadable(String),
+    #[error(
+        "unsupported Content-Type {0:?}; use application/json, text/plain or application/x-ndjson"
+    )]
+    UnsupportedContentType(String),
+    #[error("unsupported Content-Encoding {0:?}; use gzip or none")]
+    UnsupportedEncoding(String),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("events not accepted, retry later: {0}")]
+    Unavailable(#[from] ProduceError),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BodyTooLarge(_)
+            | ApiError::Body(
+                BodyError::DecompressedTooLarge { .. } | BodyError::TooManyEvents { .. },
+            ) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedContentType(_) | ApiError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::BodyUnreadable(_) | ApiError::Body(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable label for metrics and for clients to branch on.
+    fn reason(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::BodyUnreadable(_) => "body_unreadable",
+            ApiError::UnsupportedContentType(_) => "unsupported_content_type",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
+            ApiError::Body(BodyError::DecompressedTooLarge { .. }) => "decompressed_too_large",
+            ApiError::Body(BodyError::TooManyEvents { .. }) => "too_many_events",
+            ApiError::Body(_) => "malformed_body",
+            ApiError::Unavailable(ProduceError::QueueFull) => "queue_full",
+            ApiError::Unavailable(_) => "broker_unavailable",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: &'static str,
+    message: String,
+}
+
+/// The 202 reply: the id of every event, in request order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Accepted {
+    pub event_ids: Vec<Uuid>,
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    api_key: Option<String>,
+}
+
+async fn post_events(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let query_key = query.api_key.as_deref();
+    let reply = accept_events(&state, &headers, query_key, body).await;
+    let response = match reply {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        Err(error) => {
+            counter!("eye_ingest_rejects_total", "reason" => error.reason()).increment(1);
+            let status = error.status();
+            let body = Json(ErrorBody {
+                error: error.reason(),
+                message: error.to_string(),
+            });
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                let retry_after = [(header::RETRY_AFTER, state.retry_after_seconds.to_string())];
+                (status, retry_after, body).into_response()
+            } else {
+                (status, body).into_response()
+            }
+        }
+    };
+    counter!("eye_ingest_requests_total", "route" => "/v1/events", "status" => response.status().as_str().to_owned())
+        .increment(1);
+    response
+}
+
+async fn accept_events(
+    state: &AppState,
+    headers: &HeaderMap,
+    query_key: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Accepted, ApiError> {
+    let application = state
+        .applications
+        .authenticate(headers, query_key)
+        .ok_or(ApiError::Unauthorized)?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge(state.limits.max_body_bytes),
+        _ => ApiError::BodyUnreadable(rejection.body_text()),
+    })?;
+    counter!("eye_ingest_request_bytes_total").increment(body.len() as u64);
+    let format = body_format(headers)?;
+    let decoded;
+    let body: &[u8] = match header_text(headers, header::CONTENT_ENCODING).as_deref() {
+        None | Some("identity") => &body,
+        Some("gzip") => {
+            decoded = gunzip(&body, state.limits.max_decompressed_bytes)?;
+            &decoded
+        }
+        Some(other) => return Err(ApiError::UnsupportedEncoding(other.to_string())),
+    };
+    let incoming = split_events(body, format, &state.limits)?;
+
+    let received_at = now_micros();
+    let stamps: Vec<Stamp> = incoming
+        .iter()
+        .map(|event| Stamp {
+            event_id: event.event_id.unwrap_or_else(Uuid::now_v7),
+            received_at,
+            application: application.to_string(),
+        })
+        .collect();
+    let event_id_keys: Vec<String> = stamps
+        .iter()
+        .map(|stamp| stamp.event_id.to_string())
+        .collect();
+    let outgoing: Vec<OutgoingEvent> = incoming
+        .iter()
+        .zip(&stamps)
+        .zip(&event_id_keys)
+        .map(|((event, stamp), event_id_key)| OutgoingEvent {
+            // A session stays in one partition, hence in order; events without one spread by id.
+            key: event
+                .session_id
+                .as_deref()
+                .unwrap_or(event_id_key)
+                .as_bytes(),
+            payload: event.json,
+            stamp,
+        })
+        .collect();
+    state.producer.produce_all(&outgoing).await?;
+    Ok(Accepted {
+        event_ids: stamps.into_iter().map(|stamp| stamp.event_id).collect(),
+    })
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers.get(name).map(|value| {
+        String::from_utf8_lossy(value.as_bytes())
+            .trim()
+            .to_ascii_lowercase()
+    })
+}
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
+    let content_type = header_text(headers, header::CONTENT_TYPE);
+    let essence = content_type
+        .as_deref()
+        .map(|value| value.split(';').next().unwrap_or("").trim());
+    match essence {
+        None | Some("application/json" | "text/plain") => Ok(BodyFormat::Json),
+        Some("application/x-ndjson" | "application/ndjson") => Ok(BodyFormat::Ndjson),
+        Some(_) => Err(ApiError::UnsupportedContentType(
+            content_type.unwrap_or_default(),
+        )),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.producer.broker_reachable() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "kafka broker unreachable").into_response()
+    }
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> String {
+    state.metrics.run_upkeep();
+    state.metrics.render()
+}

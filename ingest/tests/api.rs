@@ -1,0 +1,654 @@
+//! The ingest bridge against a real broker: what clients get back, and what lands on the topic.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
+use eye_devenv::broker::{create_topics, Storage};
+use eye_devenv::testing::{services, unique_name, OwnedBroker};
+use eye_ingest::auth::key_sha256;
+use eye_ingest::config::{Application, IngestConfig};
+use eye_ingest::routes::Accepted;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use reqwest::StatusCode;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 3;
+const SHOP_KEY: &str = "shop-key";
+const BLOG_KEY: &str = "blog-key";
+
+fn reference_event(name: &str) -> String {
+    let path = format!(
+        "{}/../../shared/examples/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("reading {path}: {err}"))
+}
+
+fn reference_events() -> Vec<String> {
+    ["pageview", "cta_click", "form_submit"]
+        .map(reference_event)
+        .to_vec()
+}
+
+/// An ingest bridge served in-process on a free port, producing to its own fresh topic.
+struct Bridge {
+    url: String,
+    topic: String,
+    bootstrap: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    http: reqwest::Client,
+}
+
+impl Bridge {
+    async fn start(bootstrap: &str, adjust: impl FnOnce(&mut IngestConfig)) -> Bridge {
+        let topic = unique_name("raw");
+        create_topics(bootstrap, &[&topic], PARTITIONS).unwrap();
+        let mut config = IngestConfig::default();
+        config.kafka.brokers = bootstrap.to_string();
+        config.producer.topic = topic.clone();
+        config.applications = vec![
+            Application {
+                id: "shop".into(),
+                key_sha256: key_sha256(SHOP_KEY),
+            },
+            Application {
+                id: "blog".into(),
+                key_sha256: key_sha256(BLOG_KEY),
+            },
+        ];
+        adjust(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            eye_ingest::serve(config, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("ingest serves");
+        });
+        let bridge = Bridge {
+            url,
+            topic,
+            bootstrap: bootstrap.to_string(),
+            stop: Some(stop),
+            task: Some(task),
+            http: reqwest::Client::new(),
+        };
+        bridge.wait_ready().await;
+        bridge
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..300 {
+            let ready = self.http.get(format!("{}/readyz", self.url)).send().await;
+            if ready.is_ok_and(|response| response.status() == StatusCode::OK) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("ingest not ready within 30 s");
+    }
+
+    fn post(&self) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/v1/events", self.url))
+            .bearer_auth(SHOP_KEY)
+    }
+
+    async fn post_json(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.post()
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Every message on the topic once `expected` have arrived (and a moment more, so extra
+    /// messages would be seen too).
+    fn messages(&self, expected: usize) -> Vec<OwnedMessage> {
+        read_topic(&self.bootstrap, &self.topic, expected)
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut messages = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut settle_until = None;
+    loop {
+        let now = std::time::Instant::now();
+        if now > deadline || settle_until.is_some_and(|until| now > until) {
+            break;
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(message.unwrap().detach());
+        }
+        if messages.len() >= expected && settle_until.is_none() {
+            settle_until = Some(std::time::Instant::now() + Duration::from_millis(1500));
+        }
+    }
+    messages
+}
+
+fn header<'a>(message: &'a OwnedMessage, name: &str) -> &'a str {
+    let headers = message.headers().expect("message has headers");
+    let found = headers
+        .iter()
+        .find(|header| header.key == name)
+        .unwrap_or_else(|| panic!("header {name} missing"));
+    std::str::from_utf8(found.value.unwrap()).unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn session_id_of(json: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    value["session_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn reference_events_reach_the_topic_byte_for_byte_in_every_body_form() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |_| {}).await;
+    let events = reference_events();
+    let started = Utc::now();
+
+    let single_bodies = events.iter().map(|event| event.as_bytes().to_vec());
+    let array = format!("[{}]", events.join(",\n")).into_bytes();
+    let ndjson: String = events
+        .iter()
+        .map(|event| {
+            serde_json::to_string(&serde_json::from_str::<serde_json::Value>(event).unwrap())
+                .unwrap()
+                + "\n"
+        })
+        .collect();
+    let mut requests: Vec<(&str, Vec<u8>)> = single_bodies
+        .map(|body| ("application/json", body))
+        .collect();
+    requests.push(("application/json", array));
+    requests.push(("application/x-ndjson", ndjson.into_bytes()));
+
+    // Each event as sent (trimmed of surrounding whitespace), with the id the reply gave it.
+    let mut sent: Vec<(Uuid, Vec<u8>)> = Vec::new();
+    for gzipped in [false, true] {
+        for (content_type, body) in &requests {
+            let mut request = bridge.post().header("content-type", *content_type);
+            request = if gzipped {
+                request.header("content-encoding", "gzip").body(gzip(body))
+            } else {
+                request.body(body.clone())
+            };
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::ACCEPTED,
+                "{content_type} gzip={gzipped}"
+            );
+            let accepted: Accepted = response.json().await.unwrap();
+            let pieces: Vec<Vec<u8>> = match *content_type {
+                "application/x-ndjson" => String::from_utf8(body.clone())
+                    .unwrap()
+                    .lines()
+                    .map(|line| line.as_bytes().to_vec())
+                    .collect(),
+                _ if body.starts_with(b"[") => events
+                    .iter()
+                    .map(|event| event.trim().as_bytes().to_vec())
+                    .collect(),
+                _ => vec![String::from_utf8(body.clone())
+                    .unwrap()
+                    .trim()
+                    .as_bytes()
+                    .to_vec()],
+            };
+            assert_eq!(accepted.event_ids.len(), pieces.len());
+            sent.extend(accepted.event_ids.into_iter().zip(pieces));
+        }
+    }
+    assert_eq!(sent.len(), 18);
+
+    let messages = bridge.messages(sent.len());
+    assert_eq!(messages.len(), sent.len());
+    for (event_id, bytes) in &sent {
+        let message = messages
+            .iter()
+            .find(|message| header(message, EVENT_ID_HEADER) == event_id.to_string())
+            .unwrap_or_else(|| panic!("event {event_id} not on the topic"));
+        assert_eq!(
+            message.payload().unwrap(),
+            &bytes[..],
+            "original bytes of {event_id}"
+        );
+        let session_id = session_id_of(std::str::from_utf8(bytes).unwrap());
+        assert_eq!(message.key().unwrap(), session_id.as_bytes());
+        assert_eq!(header(message, APPLICATION_HEADER), "shop");
+        let received_at: DateTime<Utc> = header(message, RECEIVED_AT_HEADER).parse().unwrap();
+        assert!(received_at >= started - chrono::Duration::seconds(1) && received_at <= Utc::now());
+        assert_eq!(event_id.get_version_num(), 7, "assigned ids are UUIDv7");
+    }
+    // One session: every message sits in the same partition, in request order.
+    let partitions: HashSet<i32> = messages.iter().map(|message| message.partition()).collect();
+    assert_eq!(partitions.len(), 1);
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_event_id_is_kept() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |_| {}).await;
+    let client_id = Uuid::new_v4();
+    let mut event: serde_json::Value = serde_json::from_str(&reference_event("pageview")).unwrap();
+    event["event_id"] = client_id.to_string().into();
+    let response = bridge.post_json(event.to_string()).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Accepted = response.json().await.unwrap();
+    assert_eq!(accepted.event_ids, vec![client_id]);
+    let messages = bridge.messages(1);
+    assert_eq!(header(&messages[0], EVENT_ID_HEADER), client_id.to_string());
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_or_unknown_key_is_401_and_produces_nothing() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |_| {}).await;
+    let url = format!("{}/v1/events", bridge.url);
+    let pageview = reference_event("pageview");
+    let without_key = bridge
+        .http
+        .post(&url)
+        .body(pageview.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without_key.status(), StatusCode::UNAUTHORIZED);
+    let wrong_key = bridge
+        .http
+        .post(&url)
+        .bearer_auth("guess")
+        .body(pageview.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_key.status(), StatusCode::UNAUTHORIZED);
+    let wrong_query_key = bridge
+        .http
+        .post(format!("{url}?api_key=guess"))
+        .body(pageview.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_query_key.status(), StatusCode::UNAUTHORIZED);
+
+    // The only events on the topic are the ones sent with a valid key afterwards.
+    let sentinel = bridge.post_json(pageview).await;
+    assert_eq!(
+        sentinel.status(),
+        StatusCode::ACCEPTED,
+        "{:?}",
+        sentinel.text().await
+    );
+    assert_eq!(bridge.messages(1).len(), 1);
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn application_is_stamped_from_the_key_not_the_body() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |_| {}).await;
+    let mut event: serde_json::Value = serde_json::from_str(&reference_event("cta_click")).unwrap();
+    event["application"] = "shop".into();
+    let response = bridge
+        .http
+        .post(format!("{}/v1/events", bridge.url))
+        .bearer_auth(BLOG_KEY)
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    // sendBeacon: text/plain and the key in the query string.
+    let beacon = bridge
+        .http
+        .post(format!("{}/v1/events?api_key={SHOP_KEY}", bridge.url))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(reference_event("pageview"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beacon.status(), StatusCode::ACCEPTED);
+    let mut applications: Vec<String> = bridge
+        .messages(2)
+        .iter()
+        .map(|message| header(message, APPLICATION_HEADER).to_string())
+        .collect();
+    applications.sort();
+    assert_eq!(applications, ["blog", "shop"]);
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_400_naming_the_problem_and_produce_nothing() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |_| {}).await;
+    let pageview = reference_event("pageview");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "application/json",
+            "{\"session_id\": ".into(),
+            "not valid JSON",
+        ),
+        ("application/json", "42".into(), "number"),
+        (
+            "application/json",
+            format!("[{pageview}, \"x\"]"),
+            "event 1 of the array",
+        ),
+        (
+            "application/json",
+            r#"{"event_id": "not-a-uuid"}"#.into(),
+            "event_id must be a UUID",
+        ),
+        (
+            "application/x-ndjson",
+            "{\"a\":1}\n{\"a\":\n".into(),
+            "NDJSON line 2",
+        ),
+        (
+            "application/x-ndjson",
+            "{\"a\":1}\n[1]\n".into(),
+            "NDJSON line 2",
+        ),
+        ("application/json", "[]".into(), "no events"),
+    ];
+    for (content_type, body, expected) in cases {
+        let response = bridge
+            .post()
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let reply: serde_json::Value = response.json().await.unwrap();
+        let message = reply["message"].as_str().unwrap();
+        assert!(
+            message.contains(expected),
+            "{body:?} → {message:?}, expected {expected:?}"
+        );
+    }
+    let broken_gzip = bridge
+        .post()
+        .header("content-encoding", "gzip")
+        .body("not gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(broken_gzip.status(), StatusCode::BAD_REQUEST);
+    let xml = bridge
+        .post()
+        .header("content-type", "application/xml")
+        .body("<a/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xml.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    assert_eq!(
+        bridge.post_json(pageview).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        bridge.messages(1).len(),
+        1,
+        "only the valid request produced"
+    );
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversize_bodies_gzip_bombs_and_huge_batches_get_413() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |config| {
+        config.limits.max_body_bytes = 64 * 1024;
+        config.limits.max_decompressed_bytes = 256 * 1024;
+        config.limits.max_batch_events = 10;
+    })
+    .await;
+    let pageview = reference_event("pageview");
+
+    let oversize = format!("[{}]", vec![pageview.as_str(); 400].join(","));
+    assert!(oversize.len() > 64 * 1024);
+    assert_eq!(
+        bridge.post_json(oversize).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    let bomb = gzip(&vec![b' '; 50 * 1024 * 1024]);
+    assert!(
+        bomb.len() < 64 * 1024,
+        "the bomb itself fits the body limit"
+    );
+    let response = bridge
+        .post()
+        .header("content-encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let too_many = format!("[{}]", ["{}"; 11].join(","));
+    assert_eq!(
+        bridge.post_json(too_many).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    assert_eq!(
+        bridge.post_json(pageview).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        bridge.messages(1).len(),
+        1,
+        "only the valid request produced"
+    );
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn broker_down_gives_503_with_retry_after_then_202_once_it_is_back() {
+    let mut broker = OwnedBroker::start();
+    let bridge = Bridge::start(&broker.bootstrap(), |config| {
+        config.producer.message_timeout_ms = 3_000;
+        config.retry_after_seconds = 2;
+    })
+    .await;
+    let pageview = reference_event("pageview");
+    assert_eq!(
+        bridge.post_json(pageview.clone()).await.status(),
+        StatusCode::ACCEPTED
+    );
+
+    broker.halt();
+    let mut refused = None;
+    for _ in 0..20 {
+        let response = bridge.post_json(pageview.clone()).await;
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let refused = refused.expect("503 while the broker is down");
+    assert_eq!(refused.headers()["retry-after"], "2");
+    let readiness = bridge
+        .http
+        .get(format!("{}/readyz", bridge.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readiness.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    broker.resume();
+    let mut accepted = false;
+    for _ in 0..60 {
+        if bridge.post_json(pageview.clone()).await.status() == StatusCode::ACCEPTED {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(accepted, "202 again once the broker is back");
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_clients_every_acknowledged_event_on_the_topic_exactly_once() {
+    const CLIENTS: usize = 50;
+    const EVENTS_PER_CLIENT: usize = 200;
+    const BATCH: usize = 20;
+    // Its own in-memory broker: this load would slow the shared (sqlite) broker for other tests.
+    let broker = OwnedBroker::start_with(Storage::Memory);
+    let bridge = Bridge::start(&broker.bootstrap(), |_| {}).await;
+    let template: serde_json::Value = serde_json::from_str(&reference_event("pageview")).unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let request = bridge.post();
+        let mut template = template.clone();
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for _ in 0..EVENTS_PER_CLIENT / BATCH {
+                let batch: Vec<serde_json::Value> = (0..BATCH)
+                    .map(|_| {
+                        template["session_id"] = Uuid::new_v4().to_string().into();
+                        template.clone()
+                    })
+                    .collect();
+                let response = request
+                    .try_clone()
+                    .unwrap()
+                    .json(&batch)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::ACCEPTED);
+                acknowledged.extend(response.json::<Accepted>().await.unwrap().event_ids);
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = HashSet::new();
+    for client in clients {
+        for event_id in client.await.unwrap() {
+            assert!(acknowledged.insert(event_id.to_string()), "ids are unique");
+        }
+    }
+    assert_eq!(acknowledged.len(), CLIENTS * EVENTS_PER_CLIENT);
+
+    let messages = bridge.messages(acknowledged.len());
+    let on_topic: Vec<String> = messages
+        .iter()
+        .map(|message| header(message, EVENT_ID_HEADER).to_string())
+        .collect();
+    let distinct: HashSet<String> = on_topic.iter().cloned().collect();
+    assert_eq!(on_topic.len(), acknowledged.len(), "no event twice");
+    assert_eq!(
+        distinct, acknowledged,
+        "every acknowledged event, nothing else"
+    );
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn cors_preflight_is_answered_for_configured_origins_only() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |config| {
+        config.cors_allowed_origins = vec!["https://shop.example".into()];
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        bridge
+            .http
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/v1/events", bridge.url),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("https://shop.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |_| {}).await;
+    assert_eq!(
+        bridge.post_json(reference_event("pageview")).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let health = bridge
+        .http
+        .get(format!("{}/healthz", bridge.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = bridge
+        .http
+        .get(format!("{}/metrics", bridge.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "eye_ingest_requests_total",
+        "eye_ingest_events_produced_total",
+        "eye_ingest_produce_seconds_bucket",
+        "eye_ingest_request_bytes_total",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics:\n{metrics}");
+    }
+    bridge.shutdown().await;
+}

@@ -1,0 +1,110 @@
+//! The processor's settings: defaults that work locally, a TOML file, `EYE_…` overrides.
+
+use std::path::PathBuf;
+
+use eye_core::raw::DEFAULT_RAW_TOPIC;
+use eye_core::settings::KafkaSettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessorConfig {
+    /// Address of the health, readiness and metrics endpoints.
+    pub listen: String,
+    pub kafka: KafkaSettings,
+    pub consumer: ConsumerSettings,
+    pub batch: BatchSettings,
+    pub clickhouse: ClickHouseSettings,
+    pub validation: ValidationSettings,
+    /// Directory holding `avro/` (event schemas) and `clickhouse/` (table DDL).
+    pub schemas_dir: PathBuf,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".into(),
+            kafka: KafkaSettings::default(),
+            consumer: ConsumerSettings::default(),
+            batch: BatchSettings::default(),
+            clickhouse: ClickHouseSettings::default(),
+            validation: ValidationSettings::default(),
+            schemas_dir: "schemas".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsumerSettings {
+    pub topic: String,
+    pub group_id: String,
+    /// Application recorded for events produced straight to Kafka without an
+    /// `eye.application` header.
+    pub default_application: String,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            topic: DEFAULT_RAW_TOPIC.into(),
+            group_id: "eye-processor".into(),
+            default_application: "direct".into(),
+        }
+    }
+}
+
+/// When a batch is written to ClickHouse: at `max_events`, or `max_wait_ms` after its first
+/// event, whichever comes first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BatchSettings {
+    pub max_events: usize,
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            max_events: 50_000,
+            max_wait_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClickHouseSettings {
+    /// HTTP endpoint.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl Default for ClickHouseSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "eye".into(),
+            user: "default".into(),
+            password: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ValidationSettings {
+    /// How far an event's timestamp may lie after its `received_at` (client clocks run fast)
+    /// before it is a `future_timestamp` failure.
+    pub future_tolerance_seconds: i64,
+}
+
+impl Default for ValidationSettings {
+    fn default() -> Self {
+        Self {
+            future_tolerance_seconds: 300,
+        }
+    }
+}

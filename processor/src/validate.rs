@@ -1,0 +1,653 @@
+//! Deciding, for every message on the raw topic, whether it is a valid event or a failure with
+//! one typed reason. The decision depends only on the message (bytes, headers, partition and
+//! offset), never on when it is processed, so a replay decides the same.
+//!
+//! Failure precedence (the first that applies is recorded):
+//! 1. `malformed_json` — not JSON, or not an object (the raw bytes are kept);
+//!    `unknown_schema` / `invalid_avro` for Avro single-object messages;
+//! 2. `missing_field` — `session_id`, `category`, `name`, `timestamp` or `data` absent;
+//! 3. `invalid_type` — one of those (or `event_id`) of the wrong JSON type;
+//! 4. `unexpected_field` — a top-level key outside the envelope;
+//! 5. `invalid_session_id` — `session_id` is not a UUID;
+//! 6. `invalid_timestamp` — `timestamp` is in no accepted form (see [`crate::timestamp`]);
+//! 7. `unknown_event_type` — no schema for (category, name);
+//! 8. `unexpected_field` / `invalid_data` — `data` does not match the type's schema: records are
+//!    closed (an unknown key is `unexpected_field`), other mismatches are `invalid_data`; the
+//!    reason names the field path;
+//! 9. `future_timestamp` — `timestamp` later than `received_at` plus the configured tolerance.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use apache_avro::schema::{RecordSchema, UnionSchema};
+use apache_avro::types::Value as Avro;
+use apache_avro::Schema;
+use chrono::{DateTime, Utc};
+use eye_core::raw::Stamp;
+use eye_core::schemas::{EventSchema, SchemaRegistry, SINGLE_OBJECT_MARKER};
+use serde_json::{Map, Value as Json};
+use uuid::Uuid;
+
+use crate::timestamp::parse_event_time;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    MalformedJson,
+    UnknownSchema,
+    InvalidAvro,
+    MissingField,
+    InvalidType,
+    UnexpectedField,
+    InvalidSessionId,
+    InvalidTimestamp,
+    UnknownEventType,
+    InvalidData,
+    FutureTimestamp,
+}
+
+impl ErrorType {
+    pub const ALL: [ErrorType; 11] = [
+        ErrorType::MalformedJson,
+        ErrorType::UnknownSchema,
+        ErrorType::InvalidAvro,
+        ErrorType::MissingField,
+        ErrorType::InvalidType,
+        ErrorType::UnexpectedField,
+        ErrorType::InvalidSessionId,
+        ErrorType::InvalidTimestamp,
+        ErrorType::UnknownEventType,
+        ErrorType::InvalidData,
+        ErrorType::FutureTimestamp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::MalformedJson => "malformed_json",
+            ErrorType::UnknownSchema => "unknown_schema",
+            ErrorType::InvalidAvro => "invalid_avro",
+            ErrorType::MissingField => "missing_field",
+            ErrorType::InvalidType => "invalid_type",
+            ErrorType::UnexpectedField => "unexpected_field",
+            ErrorType::InvalidSessionId => "invalid_session_id",
+            ErrorType::InvalidTimestamp => "invalid_timestamp",
+            ErrorType::UnknownEventType => "unknown_event_type",
+            ErrorType::InvalidData => "invalid_data",
+            ErrorType::FutureTimestamp => "future_timestamp",
+        }
+    }
+}
+
+/// Why an event failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub error_type: ErrorType,
+    pub reason: String,
+    /// The offending field, e.g. `data.form.first_name`; empty when the whole message is at fault.
+    pub field_path: String,
+}
+
+impl Failure {
+    fn new(error_type: ErrorType, field_path: &str, reason: impl Into<String>) -> Self {
+        Failure {
+            error_type,
+            reason: reason.into(),
+            field_path: field_path.to_string(),
+        }
+    }
+}
+
+/// A valid event, ready for the sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidEvent {
+    pub stamp: Stamp,
+    pub session_id: Uuid,
+    pub category: String,
+    pub name: String,
+    pub timestamp: DateTime<Utc>,
+    /// The validated payload.
+    pub data: Map<String, Json>,
+    pub schema_version: u32,
+}
+
+/// A failed event: its identity, what could be read of its type, and why it failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedEvent {
+    pub stamp: Stamp,
+    pub category: String,
+    pub name: String,
+    pub failure: Failure,
+}
+
+/// What the message's transport says about the event (bridge headers or derived values).
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The bridge's `eye.event_id` header, if any.
+    pub event_id: Option<Uuid>,
+    /// Used when neither a header nor the event itself carries an id.
+    pub derived_event_id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub application: String,
+}
+
+pub struct Validator {
+    registry: SchemaRegistry,
+    future_tolerance: chrono::Duration,
+}
+
+const ENVELOPE_KEYS: [&str; 6] = [
+    "event_id",
+    "session_id",
+    "category",
+    "name",
+    "timestamp",
+    "data",
+];
+
+impl Validator {
+    pub fn new(registry: SchemaRegistry, future_tolerance: chrono::Duration) -> Self {
+        Self {
+            registry,
+            future_tolerance,
+        }
+    }
+
+    /// Validates one raw-topic message value.
+    pub fn validate(&self, bytes: &[u8], envelope: &Envelope) -> Result<ValidEvent, FailedEvent> {
+        if bytes.starts_with(&SINGLE_OBJECT_MARKER) {
+            self.validate_avro(bytes, envelope)
+        } else {
+            self.validate_json(bytes, envelope)
+        }
+    }
+
+    fn validate_json(&self, bytes: &[u8], envelope: &Envelope) -> Result<ValidEvent, FailedEvent> {
+        let header_or_derived = Stamp {
+            event_id: envelope.event_id.unwrap_or(envelope.derived_event_id),
+            received_at: envelope.received_at,
+            application: envelope.application.clone(),
+        };
+        let fail = |stamp: Stamp, object: Option<&Map<String, Json>>, failure: Failure| {
+            let text = |key: &str| {
+                object
+                    .and_then(|object| object.get(key))
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            FailedEvent {
+                category: text("category"),
+                name: text("name"),
+                stamp,
+                failure,
+            }
+        };
+        let object = match serde_json::from_slice::<Json>(bytes) {
+            Ok(Json::Object(object)) => object,
+            Ok(other) => {
+                let failure = Failure::new(
+                    ErrorType::MalformedJson,
+                    "",
+                    format!("the message is a JSON {}, not an object", json_kind(&other)),
+                );
+                return Err(fail(header_or_derived, None, failure));
+            }
+            Err(err) => {
+                let failure =
+                    Failure::new(ErrorType::MalformedJson, "", format!("not JSON: {err}"));
+                return Err(fail(header_or_derived, None, failure));
+            }
+        };
+
+        let mut stamp = header_or_derived;
+        let body_event_id = match object.get("event_id") {
+            None | Some(Json::Null) => None,
+            Some(Json::String(text)) => match Uuid::parse_str(text) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    let failure = Failure::new(
+                        ErrorType::InvalidType,
+                        "event_id",
+                        "event_id must be a UUID",
+                    );
+                    return Err(fail(stamp, Some(&object), failure));
+                }
+            },
+            Some(other) => {
+                let failure = Failure::new(
+                    ErrorType::InvalidType,
+                    "event_id",
+                    format!("event_id must be a UUID string, got a {}", json_kind(other)),
+                );
+                return Err(fail(stamp, Some(&object), failure));
+            }
+        };
+        if envelope.event_id.is_none() {
+            if let Some(id) = body_event_id {
+                stamp.event_id = id;
+            }
+        }
+
+        match self.check_json(&object, &stamp) {
+            Ok(valid) => Ok(valid),
+            Err(failure) => Err(fail(stamp, Some(&object), failure)),
+        }
+    }
+
+    fn check_json(&self, object: &Map<String, Json>, stamp: &Stamp) -> Result<ValidEvent, Failure> {
+        for key in ["session_id", "category", "name", "timestamp", "data"] {
+            if !object.contains_key(key) {
+                return Err(Failure::new(
+                    ErrorType::MissingField,
+                    key,
+                    format!("{key} is missing"),
+                ));
+            }
+        }
+        let string = |key: &str| -> Result<&str, Failure> {
+            object[key].as_str().ok_or_else(|| {
+                Failure::new(
+                    ErrorType::InvalidType,
+                    key,
+                    format!("{key} must be a string, got a {}", json_kind(&object[key])),
+                )
+            })
+        };
+        let (session_id, category, name, timestamp) = (
+            string("session_id")?,
+            string("category")?,
+            string("name")?,
+            string("timestamp")?,
+        );
+        let Json::Object(data) = &object["data"] else {
+            return Err(Failure::new(
+                ErrorType::InvalidType,
+                "data",
+                format!(
+                    "data must be an object, got a {}",
+                    json_kind(&object["data"])
+                ),
+            ));
+        };
+        if let Some(key) = object
+            .keys()
+            .find(|key| !ENVELOPE_KEYS.contains(&key.as_str()))
+        {
+            return Err(Failure::new(
+                ErrorType::UnexpectedField,
+                key,
+                format!(
+                    "{key} is not an event field (expected only {})",
+                    ENVELOPE_KEYS.join(", ")
+                ),
+            ));
+        }
+        let session_id = Uuid::parse_str(session_id).map_err(|_| {
+            Failure::new(
+                ErrorType::InvalidSessionId,
+                "session_id",
+                format!("session_id {session_id:?} is not a UUID"),
+            )
+        })?;
+        let timestamp = parse_event_time(timestamp).ok_or_else(|| {
+            Failure::new(
+                ErrorType::InvalidTimestamp,
+                "timestamp",
+                format!("timestamp {timestamp:?} is not `YYYY-MM-DD HH:MM:SS[.ffffff]` or RFC 3339 between 1970 and 2105"),
+            )
+        })?;
+        let schema = self.registry.latest(category, name).ok_or_else(|| {
+            Failure::new(
+                ErrorType::UnknownEventType,
+                "",
+                format!("no schema for category {category:?} and name {name:?}"),
+            )
+        })?;
+        let data_value = Json::Object(data.clone());
+        let mut path = String::from("data");
+        let avro = json_to_avro(&data_value, &schema.data, &mut path)?;
+        avro.resolve(&schema.data).map_err(|err| {
+            Failure::new(
+                ErrorType::InvalidData,
+                "data",
+                format!("data does not match its schema: {err}"),
+            )
+        })?;
+        self.check_not_future(timestamp, stamp)?;
+        Ok(ValidEvent {
+            stamp: stamp.clone(),
+            session_id,
+            category: category.to_string(),
+            name: name.to_string(),
+            timestamp,
+            data: data.clone(),
+            schema_version: schema.version,
+        })
+    }
+
+    fn check_not_future(&self, timestamp: DateTime<Utc>, stamp: &Stamp) -> Result<(), Failure> {
+        if timestamp > stamp.received_at + self.future_tolerance {
+            return Err(Failure::new(
+                ErrorType::FutureTimestamp,
+                "timestamp",
+                format!(
+                    "timestamp {} is more than {} s after received_at {}",
+                    timestamp.to_rfc3339(),
+                    self.future_tolerance.num_seconds(),
+                    stamp.received_at.to_rfc3339()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Avro single-object encoding: marker, fingerprint of a schema in the registry, datum.
+    fn validate_avro(&self, bytes: &[u8], envelope: &Envelope) -> Result<ValidEvent, FailedEvent> {
+        let fallback = Stamp {
+            event_id: envelope.event_id.unwrap_or(envelope.derived_event_id),
+            received_at: envelope.received_at,
+            application: envelope.application.clone(),
+        };
+        let failed = |failure: Failure| FailedEvent {
+            stamp: fallback.clone(),
+            category: String::new(),
+            name: String::new(),
+            failure,
+        };
+        let Some(schema) = self.registry.by_single_object_header(bytes) else {
+            let fingerprint = bytes.get(2..10).map(hex_string).unwrap_or_default();
+            return Err(failed(Failure::new(
+                ErrorType::UnknownSchema,
+                "",
+                format!("no schema has the fingerprint {fingerprint}"),
+            )));
+        };
+        let mut datum = &bytes[10..];
+        let value =
+            apache_avro::from_avro_datum(&schema.event, &mut datum, None).map_err(|err| {
+                failed(Failure::new(
+                    ErrorType::InvalidAvro,
+                    "",
+                    format!("undecodable datum: {err}"),
+                ))
+            })?;
+        if !datum.is_empty() {
+            return Err(failed(Failure::new(
+                ErrorType::InvalidAvro,
+                "",
+                format!("{} bytes follow the datum", datum.len()),
+            )));
+        }
+        let event = AvroEvent::from_value(value, schema).map_err(failed)?;
+        let stamp = Stamp {
+            event_id: event.event_id,
+            received_at: event.received_at,
+            application: event.application,
+        };
+        let failed_with_stamp = |failure: Failure| FailedEvent {
+            stamp: stamp.clone(),
+            category: schema.category.clone(),
+            name: schema.name.clone(),
+            failure,
+        };
+        if (event.category.as_str(), event.name.as_str())
+            != (schema.category.as_str(), schema.name.as_str())
+        {
+            return Err(failed_with_stamp(Failure::new(
+                ErrorType::InvalidData,
+                "category",
+                format!(
+                    "category/name {:?}/{:?} differ from the schema's {:?}/{:?}",
+                    event.category, event.name, schema.category, schema.name
+                ),
+            )));
+        }
+        self.check_not_future(event.timestamp, &stamp)
+            .map_err(failed_with_stamp)?;
+        Ok(ValidEvent {
+            stamp: stamp.clone(),
+            session_id: event.session_id,
+            category: event.category,
+            name: event.name,
+            timestamp: event.timestamp,
+            data: event.data,
+            schema_version: schema.version,
+        })
+    }
+}
+
+/// The fields of a decoded Avro event record.
+struct AvroEvent {
+    event_id: Uuid,
+    application: String,
+    session_id: Uuid,
+    category: String,
+    name: String,
+    timestamp: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+    data: Map<String, Json>,
+}
+
+impl AvroEvent {
+    fn from_value(value: Avro, schema: &EventSchema) -> Result<Self, Failure> {
+        let Avro::Record(fields) = value else {
+            return Err(Failure::new(
+                ErrorType::InvalidAvro,
+                "",
+                "the datum is not a record",
+            ));
+        };
+        let mut fields: HashMap<String, Avro> = fields.into_iter().collect();
+        let mut take = |key: &str| {
+            fields.remove(key).ok_or_else(|| {
+                Failure::new(
+                    ErrorType::InvalidAvro,
+                    key,
+                    format!("{key} missing from the datum"),
+                )
+            })
+        };
+        let invalid = |key: &str, what: &str| {
+            Failure::new(ErrorType::InvalidAvro, key, format!("{key} is not {what}"))
+        };
+        let uuid = |key: &str, value: Avro| match value {
+            Avro::Uuid(id) => Ok(id),
+            Avro::String(text) => Uuid::parse_str(&text).map_err(|_| invalid(key, "a UUID")),
+            _ => Err(invalid(key, "a UUID")),
+        };
+        let string = |key: &str, value: Avro| match value {
+            Avro::String(text) => Ok(text),
+            _ => Err(invalid(key, "a string")),
+        };
+        let micros = |key: &str, value: Avro| match value {
+            Avro::TimestampMicros(micros) | Avro::Long(micros) => {
+                DateTime::from_timestamp_micros(micros)
+                    .ok_or_else(|| invalid(key, "a timestamp in range"))
+            }
+            _ => Err(invalid(key, "timestamp-micros")),
+        };
+        let event_id = uuid("event_id", take("event_id")?)?;
+        let application = string("application", take("application")?)?;
+        let session_id = uuid("session_id", take("session_id")?)?;
+        let category = string("category", take("category")?)?;
+        let name = string("name", take("name")?)?;
+        let timestamp = micros("timestamp", take("timestamp")?)?;
+        let received_at = micros("received_at", take("received_at")?)?;
+        let data = match serde_json::Value::try_from(take("data")?) {
+            Ok(Json::Object(data)) => data,
+            _ => {
+                return Err(Failure::new(
+                    ErrorType::InvalidAvro,
+                    "data",
+                    format!("data is not a {:?} record", schema.name),
+                ))
+            }
+        };
+        Ok(AvroEvent {
+            event_id,
+            application,
+            session_id,
+            category,
+            name,
+            timestamp,
+            received_at,
+            data,
+        })
+    }
+}
+
+/// Converts JSON to the Avro value `schema` describes, naming the first mismatch by its path.
+/// Records are closed: a key the schema does not define is `unexpected_field`.
+fn json_to_avro(value: &Json, schema: &Schema, path: &mut String) -> Result<Avro, Failure> {
+    let mismatch = |path: &str, expected: &str| {
+        Failure::new(
+            ErrorType::InvalidData,
+            path,
+            format!("{path}: expected {expected}, got a {}", json_kind(value)),
+        )
+    };
+    Ok(match (schema, value) {
+        (Schema::Null, Json::Null) => Avro::Null,
+        (Schema::Boolean, Json::Bool(flag)) => Avro::Boolean(*flag),
+        (Schema::Int, Json::Number(number)) => number
+            .as_i64()
+            .and_then(|number| i32::try_from(number).ok())
+            .map(Avro::Int)
+            .ok_or_else(|| mismatch(path, "a 32-bit integer"))?,
+        (Schema::Long, Json::Number(number)) => number
+            .as_i64()
+            .map(Avro::Long)
+            .ok_or_else(|| mismatch(path, "a 64-bit integer"))?,
+        (Schema::Float, Json::Number(number)) => {
+            Avro::Float(number.as_f64().unwrap_or_default() as f32)
+        }
+        (Schema::Double, Json::Number(number)) => Avro::Double(number.as_f64().unwrap_or_default()),
+        (Schema::String, Json::String(text)) => Avro::String(text.clone()),
+        (Schema::Bytes, Json::String(text)) => Avro::Bytes(text.as_bytes().to_vec()),
+        (Schema::Uuid, Json::String(text)) => {
+            Avro::Uuid(Uuid::parse_str(text).map_err(|_| mismatch(path, "a UUID string"))?)
+        }
+        (Schema::Enum(schema), Json::String(symbol)) => {
+            let index = schema
+                .symbols
+                .iter()
+                .position(|candidate| candidate == symbol)
+                .ok_or_else(|| mismatch(path, &format!("one of {}", schema.symbols.join(", "))))?;
+            Avro::Enum(index as u32, symbol.clone())
+        }
+        (Schema::Array(array), Json::Array(items)) => {
+            let mut converted = Vec::with_capacity(items.len());
+            for (index, item) in items.iter().enumerate() {
+                let length = path.len();
+                let _ = write!(path, "[{index}]");
+                converted.push(json_to_avro(item, &array.items, path)?);
+                path.truncate(length);
+            }
+            Avro::Array(converted)
+        }
+        (Schema::Map(map), Json::Object(entries)) => {
+            let mut converted = HashMap::with_capacity(entries.len());
+            for (key, item) in entries {
+                let length = path.len();
+                let _ = write!(path, ".{key}");
+                converted.insert(key.clone(), json_to_avro(item, &map.types, path)?);
+                path.truncate(length);
+            }
+            Avro::Map(converted)
+        }
+        (Schema::Record(record), Json::Object(entries)) => record_to_avro(record, entries, path)?,
+        (Schema::Union(union), _) => union_to_avro(union, value, path)?,
+        (Schema::Null, _) => return Err(mismatch(path, "null")),
+        (Schema::Boolean, _) => return Err(mismatch(path, "a boolean")),
+        (Schema::Int | Schema::Long | Schema::Float | Schema::Double, _) => {
+            return Err(mismatch(path, "a number"))
+        }
+        (Schema::String | Schema::Bytes | Schema::Uuid | Schema::Enum(_), _) => {
+            return Err(mismatch(path, "a string"))
+        }
+        (Schema::Array(_), _) => return Err(mismatch(path, "an array")),
+        (Schema::Map(_) | Schema::Record(_), _) => return Err(mismatch(path, "an object")),
+        (other, _) => {
+            return Err(Failure::new(
+                ErrorType::InvalidData,
+                path,
+                format!("{path}: schema type {other:?} is not supported for JSON events"),
+            ))
+        }
+    })
+}
+
+fn record_to_avro(
+    record: &RecordSchema,
+    entries: &Map<String, Json>,
+    path: &mut String,
+) -> Result<Avro, Failure> {
+    if let Some(key) = entries
+        .keys()
+        .find(|key| !record.lookup.contains_key(key.as_str()))
+    {
+        let field_path = format!("{path}.{key}");
+        let known: Vec<&str> = record
+            .fields
+            .iter()
+            .map(|field| field.name.as_str())
+            .collect();
+        return Err(Failure::new(
+            ErrorType::UnexpectedField,
+            &field_path,
+            format!(
+                "{field_path} is not a field of {} (fields: {})",
+                record.name.name,
+                known.join(", ")
+            ),
+        ));
+    }
+    let mut fields = Vec::with_capacity(record.fields.len());
+    for field in &record.fields {
+        let length = path.len();
+        let _ = write!(path, ".{}", field.name);
+        let value = match (entries.get(&field.name), &field.default) {
+            (Some(value), _) => json_to_avro(value, &field.schema, path)?,
+            (None, Some(default)) => json_to_avro(default, &field.schema, path)?,
+            (None, None) => {
+                return Err(Failure::new(
+                    ErrorType::InvalidData,
+                    path,
+                    format!("{path} is missing"),
+                ));
+            }
+        };
+        path.truncate(length);
+        fields.push((field.name.clone(), value));
+    }
+    Ok(Avro::Record(fields))
+}
+
+fn union_to_avro(union: &UnionSchema, value: &Json, path: &mut String) -> Result<Avro, Failure> {
+    let mut first_error = None;
+    for (index, variant) in union.variants().iter().enumerate() {
+        match json_to_avro(value, variant, path) {
+            Ok(converted) => return Ok(Avro::Union(index as u32, Box::new(converted))),
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| {
+        Failure::new(ErrorType::InvalidData, path, format!("{path}: empty union"))
+    }))
+}
+
+fn json_kind(value: &Json) -> &'static str {
+    match value {
+        Json::Null => "null",
+        Json::Bool(_) => "boolean",
+        Json::Number(_) => "number",
+        Json::String(_) => "string",
+        Json::Array(_) => "array",
+        Json::Object(_) => "object",
+    }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}

@@ -1,0 +1,200 @@
+//! Every failure reason, decided from the message alone, against the repository's schemas.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Duration, Utc};
+use eye_core::schemas::SchemaRegistry;
+use eye_processor::validate::{Envelope, ErrorType, FailedEvent, Validator};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+fn validator() -> Validator {
+    let registry = SchemaRegistry::load(&repo("schemas/avro")).unwrap();
+    Validator::new(registry, Duration::seconds(300))
+}
+
+fn envelope() -> Envelope {
+    Envelope {
+        event_id: Some(Uuid::now_v7()),
+        derived_event_id: Uuid::new_v4(),
+        received_at: "2021-01-01T09:20:00Z".parse().unwrap(),
+        application: "shop".into(),
+    }
+}
+
+fn reference(name: &str) -> Value {
+    let path = repo(&format!("../shared/examples/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn failure_of(bytes: &[u8]) -> FailedEvent {
+    validator()
+        .validate(bytes, &envelope())
+        .expect_err("the event fails")
+}
+
+fn assert_fails(event: Value, error_type: ErrorType, path: &str) {
+    let failed = failure_of(event.to_string().as_bytes());
+    assert_eq!(
+        failed.failure.error_type, error_type,
+        "{event} → {:?}",
+        failed.failure
+    );
+    assert_eq!(failed.failure.field_path, path, "{:?}", failed.failure);
+    if !path.is_empty() {
+        assert!(
+            failed.failure.reason.contains(path),
+            "reason names {path}: {}",
+            failed.failure.reason
+        );
+    }
+}
+
+#[test]
+fn reference_events_are_valid_with_their_exact_payload_and_time() {
+    for name in ["pageview", "cta_click", "form_submit"] {
+        let event = reference(name);
+        let valid = validator()
+            .validate(event.to_string().as_bytes(), &envelope())
+            .unwrap_or_else(|failed| panic!("{name}: {:?}", failed.failure));
+        assert_eq!(Value::Object(valid.data), event["data"]);
+        assert_eq!(
+            valid.timestamp,
+            "2021-01-01T09:15:27.243860Z"
+                .parse::<DateTime<Utc>>()
+                .unwrap()
+        );
+        assert_eq!(valid.session_id.to_string(), event["session_id"]);
+        assert_eq!(valid.schema_version, 1);
+    }
+}
+
+#[test]
+fn offset_timestamps_are_converted_to_utc() {
+    let mut event = reference("pageview");
+    event["timestamp"] = json!("2021-01-01T11:15:27.243860+02:00");
+    let valid = validator()
+        .validate(event.to_string().as_bytes(), &envelope())
+        .unwrap();
+    assert_eq!(
+        valid.timestamp.to_rfc3339(),
+        "2021-01-01T09:15:27.243860+00:00"
+    );
+}
+
+#[test]
+fn future_is_judged_against_received_at_not_processing_time() {
+    let mut event = reference("pageview");
+    let received_at: DateTime<Utc> = "2021-01-01T09:15:28.243860Z".parse().unwrap();
+    let envelope = Envelope {
+        received_at,
+        ..envelope()
+    };
+    // Stamped 1 s before it was received, processed years later: valid.
+    assert!(validator()
+        .validate(event.to_string().as_bytes(), &envelope)
+        .is_ok());
+    event["timestamp"] = json!("2021-01-01 09:30:00");
+    let failed = validator()
+        .validate(event.to_string().as_bytes(), &envelope)
+        .unwrap_err();
+    assert_eq!(failed.failure.error_type, ErrorType::FutureTimestamp);
+}
+
+#[test]
+fn malformed_json_keeps_the_identity_from_the_headers() {
+    let envelope = envelope();
+    for bytes in [&b"\x00\xffgarbage"[..], b"[1,2]", b"\"text\""] {
+        let failed = validator().validate(bytes, &envelope).unwrap_err();
+        assert_eq!(failed.failure.error_type, ErrorType::MalformedJson);
+        assert_eq!(Some(failed.stamp.event_id), envelope.event_id);
+    }
+}
+
+#[test]
+fn each_failure_reason_names_its_field() {
+    let base = reference("form_submit");
+    let with = |key: &str, value: Value| {
+        let mut event = base.clone();
+        event[key] = value;
+        event
+    };
+    let without = |key: &str| {
+        let mut event = base.clone();
+        event.as_object_mut().unwrap().remove(key);
+        event
+    };
+    assert_fails(without("session_id"), ErrorType::MissingField, "session_id");
+    assert_fails(without("data"), ErrorType::MissingField, "data");
+    assert_fails(
+        with("category", json!(7)),
+        ErrorType::InvalidType,
+        "category",
+    );
+    assert_fails(with("data", json!("x")), ErrorType::InvalidType, "data");
+    assert_fails(
+        with("session_id", json!("not-a-uuid")),
+        ErrorType::InvalidSessionId,
+        "session_id",
+    );
+    assert_fails(
+        with("timestamp", json!("01/01/2021")),
+        ErrorType::InvalidTimestamp,
+        "timestamp",
+    );
+    assert_fails(
+        with("name", json!("doubleclick")),
+        ErrorType::UnknownEventType,
+        "",
+    );
+    assert_fails(
+        with("colour", json!("red")),
+        ErrorType::UnexpectedField,
+        "colour",
+    );
+
+    let mut data_extra = base.clone();
+    data_extra["data"]["referrer"] = json!("/home");
+    assert_fails(data_extra, ErrorType::UnexpectedField, "data.referrer");
+    let mut form_number = base.clone();
+    form_number["data"]["form"]["first_name"] = json!(42);
+    assert_fails(form_number, ErrorType::InvalidData, "data.form.first_name");
+    let mut missing_host = base.clone();
+    missing_host["data"].as_object_mut().unwrap().remove("host");
+    assert_fails(missing_host, ErrorType::InvalidData, "data.host");
+}
+
+#[test]
+fn precedence_reports_the_first_problem_only() {
+    // Missing name and a bad session id: missing_field wins.
+    let mut event = reference("pageview");
+    event.as_object_mut().unwrap().remove("name");
+    event["session_id"] = json!("nope");
+    assert_fails(event, ErrorType::MissingField, "name");
+}
+
+#[test]
+fn client_event_id_is_used_when_no_header_carries_one() {
+    let client_id = Uuid::new_v4();
+    let mut event = reference("pageview");
+    event["event_id"] = json!(client_id.to_string());
+    let direct = Envelope {
+        event_id: None,
+        ..envelope()
+    };
+    let valid = validator()
+        .validate(event.to_string().as_bytes(), &direct)
+        .unwrap();
+    assert_eq!(valid.stamp.event_id, client_id);
+    event.as_object_mut().unwrap().remove("event_id");
+    let valid = validator()
+        .validate(event.to_string().as_bytes(), &direct)
+        .unwrap();
+    assert_eq!(valid.stamp.event_id, direct.derived_event_id);
+}
