@@ -123,6 +123,63 @@ impl Drop for OwnedBroker {
     }
 }
 
+/// A ClickHouse server of one test's own, for tests that stop and restart it; ports and data stay
+/// the same across restarts.
+#[derive(Debug)]
+pub struct OwnedClickHouse {
+    pub server: ClickHouseServer,
+    process: Option<Supervised>,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnedClickHouse {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("eye-test-clickhouse-")
+            .tempdir()
+            .expect("creating a ClickHouse state dir");
+        let server = ClickHouseServer {
+            state_dir: dir.path().to_path_buf(),
+            http_port: free_port(),
+            tcp_port: free_port(),
+        };
+        let mut owned = OwnedClickHouse {
+            server,
+            process: None,
+            _dir: dir,
+        };
+        owned.resume();
+        owned
+    }
+
+    /// Stops the server; its data stays.
+    pub fn halt(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    /// Starts the server again on the same ports and waits until it answers.
+    pub fn resume(&mut self) {
+        assert!(self.process.is_none(), "ClickHouse already running");
+        let process = self
+            .server
+            .prepare(&clickhouse_server_binary())
+            .and_then(|launch| launch.spawn_supervised(None))
+            .expect("starting ClickHouse");
+        self.process = Some(process);
+        self.server
+            .wait_ready(READY_TIMEOUT)
+            .expect("ClickHouse ready");
+    }
+}
+
+impl Drop for OwnedClickHouse {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
 /// A name no other test (or earlier run) uses: `prefix_<pid>_<time>_<n>`, valid as a Kafka topic
 /// and as a ClickHouse identifier.
 pub fn unique_name(prefix: &str) -> String {

@@ -9,7 +9,6 @@ pub mod body;
 pub mod config;
 pub mod producer;
 pub mod routes;
-pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,8 +30,8 @@ pub enum StartError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("serving HTTP: {0}")]
     Io(#[from] std::io::Error),
-    #[error("installing the metrics recorder: {0}")]
-    Metrics(String),
+    #[error(transparent)]
+    Metrics(#[from] eye_core::telemetry::MetricsError),
 }
 
 /// How long shutdown waits for queued events to reach the broker.
@@ -52,7 +51,7 @@ pub async fn serve(
         producer: producer.clone(),
         limits: config.limits.clone(),
         retry_after_seconds: config.retry_after_seconds,
-        metrics: telemetry::prometheus()?,
+        metrics: eye_core::telemetry::prometheus()?,
     });
     info!(address = %listener.local_addr()?, topic = %config.producer.topic, "ingest listening");
     axum::serve(listener, router(state, &config))

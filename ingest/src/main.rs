@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use eye_ingest::config::IngestConfig;
-use tracing_subscriber::EnvFilter;
 
 /// The Eye's ingest bridge: trusted applications POST events to /v1/events; each is on the raw
 /// Kafka topic before the 202 reply.
@@ -26,10 +25,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", eye_ingest::auth::key_sha256(&key));
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .json()
-        .init();
+    eye_core::telemetry::init_logging();
     let config: IngestConfig = eye_core::settings::load(cli.config.as_deref())?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -42,6 +42,9 @@ pub struct ConsumerSettings {
     /// Application recorded for events produced straight to Kafka without an
     /// `eye.application` header.
     pub default_application: String,
+    /// How long the group waits for a silent member (a crashed processor) before giving its
+    /// partitions to another (`session.timeout.ms`).
+    pub session_timeout_ms: u64,
 }
 
 impl Default for ConsumerSettings {
@@ -50,6 +53,7 @@ impl Default for ConsumerSettings {
             topic: DEFAULT_RAW_TOPIC.into(),
             group_id: "eye-processor".into(),
             default_application: "direct".into(),
+            session_timeout_ms: 45_000,
         }
     }
 }

@@ -1,7 +1,113 @@
 //! The stream processor: consumes the raw topic, decides for each message whether it is a valid
 //! event or a typed failure, and writes each to exactly one ClickHouse table.
+//!
+//! Follow an event: [`consume`] (Kafka, batching, offsets) → [`validate`] (schemas from
+//! `eye_core::schemas`, timestamps from [`timestamp`]) → [`sink`] (ClickHouse).
 
 pub mod config;
+pub mod consume;
 pub mod sink;
 pub mod timestamp;
 pub mod validate;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use eye_core::schemas::{SchemaError, SchemaRegistry};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::ProcessorConfig;
+use crate::consume::{Pipeline, PipelineError};
+use crate::sink::{ClickHouseSink, SinkError};
+use crate::validate::Validator;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Schemas(#[from] SchemaError),
+    #[error("preparing ClickHouse: {0}")]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Metrics(#[from] eye_core::telemetry::MetricsError),
+    #[error("serving health endpoints: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Loads the schemas, creates the ClickHouse tables, then processes until `shutdown` resolves.
+/// Health, readiness and metrics are served on `listener`.
+pub async fn run(
+    config: ProcessorConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let registry = SchemaRegistry::load(&config.schemas_dir.join("avro"))?;
+    let validator = Validator::new(
+        registry,
+        chrono::Duration::seconds(config.validation.future_tolerance_seconds),
+    );
+    let sink = ClickHouseSink::new(&config.clickhouse);
+    sink.apply_ddl(
+        &config.clickhouse.database,
+        &config.schemas_dir.join("clickhouse"),
+    )
+    .await?;
+    let sink_healthy = Arc::new(AtomicBool::new(true));
+    let health = Health {
+        sink_healthy: sink_healthy.clone(),
+        metrics: eye_core::telemetry::prometheus()?,
+    };
+    info!(address = %listener.local_addr()?, topic = %config.consumer.topic, "processor starting");
+    let pipeline = Pipeline::new(config, validator, sink, sink_healthy)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        let mut stop_rx = stop_rx;
+        axum::serve(listener, health.router())
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|stopped| *stopped).await;
+            })
+            .await
+    });
+    pipeline.run(shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Health {
+    sink_healthy: Arc<AtomicBool>,
+    metrics: PrometheusHandle,
+}
+
+impl Health {
+    fn router(self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(render_metrics))
+            .with_state(self)
+    }
+}
+
+async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
+    if health.sink_healthy.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "ClickHouse writes failing")
+    }
+}
+
+async fn render_metrics(State(health): State<Health>) -> String {
+    health.metrics.run_upkeep();
+    health.metrics.render()
+}

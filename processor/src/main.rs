@@ -1,22 +1,37 @@
-//! The stream processor's entry point. Validation, sessions and the ClickHouse sink are not built
-//! yet (issue 4): this binary answers `--help` and says so when started.
-
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Parser;
+use eye_processor::config::ProcessorConfig;
 
-/// Consumes the raw event topic, validates every event against the Avro schema of its
-/// (category, name), and writes valid events and recorded failures to ClickHouse.
+/// The Eye's stream processor: consumes the raw event topic, validates every event against the
+/// Avro schema of its (category, name), and writes valid events and typed failures to ClickHouse.
 #[derive(Parser)]
 #[command(name = "eye-processor", version)]
 struct Cli {
-    /// Configuration file (TOML); `EYE_…` environment variables override it.
+    /// Configuration file (TOML); `EYE_…` environment variables override it
+    /// (e.g. EYE_KAFKA__BROKERS, EYE_CLICKHOUSE__URL, EYE_SCHEMAS_DIR).
     #[arg(long, env = "EYE_PROCESSOR_CONFIG")]
     config: Option<PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    eprintln!("eye-processor: event processing is not built yet; nothing to do");
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    eye_core::telemetry::init_logging();
+    let config: ProcessorConfig = eye_core::settings::load(cli.config.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    eye_processor::run(config, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
 }

@@ -43,7 +43,8 @@ pub struct ErrorRow {
     pub field_path: String,
     pub category: String,
     pub name: String,
-    /// The message value exactly as received (any bytes; ClickHouse `String` holds bytes).
+    /// The message value exactly as received (any bytes; ClickHouse `String` holds bytes); for
+    /// `sink_rejected`, the validated payload.
     #[serde(with = "serde_bytes_as_string")]
     pub raw: Vec<u8>,
     pub received_at: u32,

@@ -43,23 +43,11 @@ pub enum ErrorType {
     UnknownEventType,
     InvalidData,
     FutureTimestamp,
+    /// Valid, but ClickHouse refused the row (recorded by the sink, not by validation).
+    SinkRejected,
 }
 
 impl ErrorType {
-    pub const ALL: [ErrorType; 11] = [
-        ErrorType::MalformedJson,
-        ErrorType::UnknownSchema,
-        ErrorType::InvalidAvro,
-        ErrorType::MissingField,
-        ErrorType::InvalidType,
-        ErrorType::UnexpectedField,
-        ErrorType::InvalidSessionId,
-        ErrorType::InvalidTimestamp,
-        ErrorType::UnknownEventType,
-        ErrorType::InvalidData,
-        ErrorType::FutureTimestamp,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorType::MalformedJson => "malformed_json",
@@ -73,6 +61,7 @@ impl ErrorType {
             ErrorType::UnknownEventType => "unknown_event_type",
             ErrorType::InvalidData => "invalid_data",
             ErrorType::FutureTimestamp => "future_timestamp",
+            ErrorType::SinkRejected => "sink_rejected",
         }
     }
 }

@@ -1,0 +1,392 @@
+//! The pipeline: consume the raw topic, validate each message, write batches to ClickHouse, and
+//! only then store the batch's offsets for commit (so a crash redelivers, never loses; the
+//! tables collapse redeliveries by event_id).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
+use metrics::{counter, gauge, histogram};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use serde_json::Value as Json;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::config::ProcessorConfig;
+use crate::sink::{ClickHouseSink, ErrorRow, EventRow, SinkError};
+use crate::timestamp::split_seconds;
+use crate::validate::{Envelope, ErrorType, FailedEvent, ValidEvent, Validator};
+
+/// Namespace of the event ids derived from a message's topic, partition and offset.
+const DERIVED_EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c0e_92d4_4c6b_b1e8_5e7d_0c2a_9f41);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Consumer lag per partition, from librdkafka's statistics.
+pub struct LagReporter {
+    topic: String,
+}
+
+impl ClientContext for LagReporter {
+    fn stats(&self, stats: Statistics) {
+        if let Some(topic) = stats.topics.get(&self.topic) {
+            for (partition, state) in &topic.partitions {
+                if *partition >= 0 && state.consumer_lag >= 0 {
+                    gauge!("eye_processor_consumer_lag", "partition" => partition.to_string())
+                        .set(state.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagReporter {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("creating the Kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// What one batch holds until it is in ClickHouse.
+#[derive(Default)]
+struct Batch {
+    events: Vec<EventRow>,
+    errors: Vec<ErrorRow>,
+    /// Per partition, the offset after the last message in the batch.
+    next_offsets: BTreeMap<i32, i64>,
+    opened: Option<Instant>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.events.len() + self.errors.len()
+    }
+}
+
+pub struct Pipeline {
+    consumer: StreamConsumer<LagReporter>,
+    validator: Validator,
+    sink: ClickHouseSink,
+    config: ProcessorConfig,
+    /// Offsets stored after a successful write: what shutdown commits.
+    stored: BTreeMap<i32, i64>,
+    sink_healthy: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    pub fn new(
+        config: ProcessorConfig,
+        validator: Validator,
+        sink: ClickHouseSink,
+        sink_healthy: Arc<AtomicBool>,
+    ) -> Result<Self, PipelineError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set("group.id", &config.consumer.group_id)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            // Offsets are stored by hand once their batch is in ClickHouse.
+            .set("enable.auto.offset.store", "false")
+            // While ClickHouse is down the pipeline retries instead of polling; stay in the group.
+            .set("max.poll.interval.ms", "600000")
+            .set(
+                "session.timeout.ms",
+                config.consumer.session_timeout_ms.to_string(),
+            )
+            .set("statistics.interval.ms", "5000");
+        for (key, value) in &config.kafka.librdkafka {
+            client.set(key, value);
+        }
+        let consumer: StreamConsumer<LagReporter> = client.create_with_context(LagReporter {
+            topic: config.consumer.topic.clone(),
+        })?;
+        consumer.subscribe(&[&config.consumer.topic])?;
+        Ok(Self {
+            consumer,
+            validator,
+            sink,
+            config,
+            stored: BTreeMap::new(),
+            sink_healthy,
+        })
+    }
+
+    /// Runs until `shutdown` resolves, then writes what it holds and commits synchronously.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let max_wait = Duration::from_millis(self.config.batch.max_wait_ms);
+        let mut batch = Batch::default();
+        loop {
+            let deadline = batch.opened.map(|opened| opened + max_wait);
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    if !self.write(&mut batch, &mut shutdown).await {
+                        break;
+                    }
+                }
+                message = self.consumer.recv() => match message {
+                    Ok(message) => {
+                        self.add(&mut batch, &message);
+                        if batch.len() >= self.config.batch.max_events && !self.write(&mut batch, &mut shutdown).await {
+                            break;
+                        }
+                    }
+                    Err(error) => warn!(%error, "kafka consume error"),
+                },
+            }
+        }
+        if batch.len() > 0 {
+            // One more attempt, bounded: what is not written now is redelivered after restart.
+            let deadline = tokio::time::sleep(Duration::from_secs(10));
+            self.write(&mut batch, deadline).await;
+        }
+        self.commit_stored();
+        info!("processor stopped");
+    }
+
+    fn add(&self, batch: &mut Batch, message: &BorrowedMessage<'_>) {
+        let partition = message.partition();
+        let offset = message.offset();
+        let envelope = envelope_of(message, &self.config.consumer.default_application);
+        match self
+            .validator
+            .validate(message.payload().unwrap_or_default(), &envelope)
+        {
+            Ok(valid) => {
+                counter!("eye_processor_events_total", "outcome" => "valid").increment(1);
+                batch.events.push(event_row(valid, partition, offset));
+            }
+            Err(failed) => {
+                counter!("eye_processor_events_total", "outcome" => "invalid").increment(1);
+                counter!("eye_processor_failures_total", "error_type" => failed.failure.error_type.as_str())
+                    .increment(1);
+                batch.errors.push(error_row(
+                    failed,
+                    message.payload().unwrap_or_default(),
+                    partition,
+                    offset,
+                ));
+            }
+        }
+        batch.next_offsets.insert(partition, offset + 1);
+        batch.opened.get_or_insert_with(Instant::now);
+    }
+
+    /// Writes the batch, retrying with backoff while ClickHouse is unavailable, then stores its
+    /// offsets. False when `stop` resolved before the batch could be written.
+    async fn write(&mut self, batch: &mut Batch, stop: impl Future<Output = ()>) -> bool {
+        tokio::pin!(stop);
+        let started = Instant::now();
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.insert(batch).await {
+                Ok(()) => break,
+                Err(SinkError::Permanent(error)) => {
+                    warn!(%error, "ClickHouse refused a batch; writing its rows one by one");
+                    self.isolate_refused_rows(batch).await;
+                }
+                Err(error) => {
+                    self.sink_healthy.store(false, Ordering::Relaxed);
+                    counter!("eye_processor_sink_retries_total").increment(1);
+                    warn!(%error, retry_in = ?backoff, "ClickHouse write failed");
+                    tokio::select! {
+                        _ = &mut stop => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        self.sink_healthy.store(true, Ordering::Relaxed);
+        histogram!("eye_processor_insert_seconds").record(started.elapsed().as_secs_f64());
+        histogram!("eye_processor_batch_events").record(batch.len() as f64);
+        self.store_offsets(&batch.next_offsets);
+        *batch = Batch::default();
+        true
+    }
+
+    async fn insert(&self, batch: &Batch) -> Result<(), SinkError> {
+        self.sink.insert_events(&batch.events).await?;
+        self.sink.insert_errors(&batch.errors).await
+    }
+
+    /// After ClickHouse refused a batch for its data: each event row it refuses on its own
+    /// becomes a `sink_rejected` failure, so one bad row never blocks a partition.
+    async fn isolate_refused_rows(&self, batch: &mut Batch) {
+        let mut accepted = Vec::with_capacity(batch.events.len());
+        for row in std::mem::take(&mut batch.events) {
+            match self.sink.insert_events(std::slice::from_ref(&row)).await {
+                Err(SinkError::Permanent(error)) => {
+                    batch.errors.push(refused_row(row, &error.to_string()))
+                }
+                _ => accepted.push(row),
+            }
+        }
+        batch.events = accepted;
+        let mut errors = Vec::with_capacity(batch.errors.len());
+        for row in std::mem::take(&mut batch.errors) {
+            match self.sink.insert_errors(std::slice::from_ref(&row)).await {
+                Err(SinkError::Permanent(error)) => {
+                    error!(%error, event_id = %row.event_id, "ClickHouse refused a failure row; it is skipped")
+                }
+                _ => errors.push(row),
+            }
+        }
+        batch.errors = errors;
+    }
+
+    fn store_offsets(&mut self, next_offsets: &BTreeMap<i32, i64>) {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in next_offsets {
+            let _ = list.add_partition_offset(
+                &self.config.consumer.topic,
+                partition,
+                Offset::Offset(offset),
+            );
+        }
+        // A partition revoked meanwhile refuses the store; its new owner redelivers, and the
+        // tables collapse the duplicates.
+        if let Err(error) = self.consumer.store_offsets(&list) {
+            warn!(%error, "storing offsets");
+        }
+        self.stored.extend(next_offsets);
+    }
+
+    fn commit_stored(&self) {
+        if self.stored.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in &self.stored {
+            let _ = list.add_partition_offset(
+                &self.config.consumer.topic,
+                partition,
+                Offset::Offset(offset),
+            );
+        }
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Sync) {
+            warn!(%error, "committing offsets at shutdown");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+/// What the message's headers say, completed deterministically from the message itself.
+fn envelope_of(message: &BorrowedMessage<'_>, default_application: &str) -> Envelope {
+    let header = |name: &str| {
+        message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|header| header.key == name)
+                .and_then(|header| header.value)
+                .and_then(|value| std::str::from_utf8(value).ok())
+                .map(str::to_string)
+        })
+    };
+    let received_at = header(RECEIVED_AT_HEADER)
+        .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+        .map(|at| at.with_timezone(&Utc))
+        .or_else(|| {
+            message
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::from_timestamp_millis)
+        })
+        // Kafka stamps every message since 0.10; a message without a time is judged by now.
+        .unwrap_or_else(Utc::now);
+    let derived = format!(
+        "{}/{}/{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    );
+    Envelope {
+        event_id: header(EVENT_ID_HEADER).and_then(|text| Uuid::parse_str(&text).ok()),
+        derived_event_id: Uuid::new_v5(&DERIVED_EVENT_ID_NAMESPACE, derived.as_bytes()),
+        received_at,
+        application: header(APPLICATION_HEADER).unwrap_or_else(|| default_application.to_string()),
+    }
+}
+
+fn event_row(valid: ValidEvent, partition: i32, offset: i64) -> EventRow {
+    let (timestamp, timestamp_us) = split_seconds(valid.timestamp);
+    let (received_at, received_at_us) = split_seconds(valid.stamp.received_at);
+    let text = |key: &str| {
+        valid
+            .data
+            .get(key)
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    EventRow {
+        event_id: valid.stamp.event_id,
+        application: valid.stamp.application,
+        session_id: valid.session_id,
+        category: valid.category,
+        name: valid.name,
+        timestamp,
+        timestamp_us,
+        received_at,
+        received_at_us,
+        host: text("host"),
+        path: text("path"),
+        data: Json::Object(valid.data).to_string(),
+        schema_version: valid.schema_version as u16,
+        kafka_partition: partition,
+        kafka_offset: offset,
+    }
+}
+
+fn error_row(failed: FailedEvent, raw: &[u8], partition: i32, offset: i64) -> ErrorRow {
+    let (received_at, received_at_us) = split_seconds(failed.stamp.received_at);
+    ErrorRow {
+        event_id: failed.stamp.event_id,
+        application: failed.stamp.application,
+        error_type: failed.failure.error_type.as_str().to_string(),
+        reason: failed.failure.reason,
+        field_path: failed.failure.field_path,
+        category: failed.category,
+        name: failed.name,
+        raw: raw.to_vec(),
+        received_at,
+        received_at_us,
+        kafka_partition: partition,
+        kafka_offset: offset,
+    }
+}
+
+fn refused_row(row: EventRow, reason: &str) -> ErrorRow {
+    ErrorRow {
+        event_id: row.event_id,
+        application: row.application,
+        error_type: ErrorType::SinkRejected.as_str().to_string(),
+        reason: format!("ClickHouse refused the row: {reason}"),
+        // The original bytes are not kept past validation; the validated payload stands in.
+        field_path: String::new(),
+        category: row.category,
+        name: row.name,
+        raw: row.data.into_bytes(),
+        received_at: row.received_at,
+        received_at_us: row.received_at_us,
+        kafka_partition: row.kafka_partition,
+        kafka_offset: row.kafka_offset,
+    }
+}

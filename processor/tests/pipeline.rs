@@ -1,0 +1,596 @@
+//! The processor against a real broker and a real ClickHouse: every message on the raw topic ends
+//! as exactly one row, in `events` or in `event_errors`, across crashes and outages.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use eye_devenv::broker::{create_topics, Storage};
+use eye_devenv::clickhouse::ClickHouseServer;
+use eye_devenv::free_port;
+use eye_devenv::testing::{services, unique_name, OwnedBroker, OwnedClickHouse};
+use eye_ingest::auth::key_sha256;
+use eye_ingest::config::{Application, IngestConfig};
+use eye_ingest::routes::Accepted;
+use eye_processor::config::ProcessorConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 4;
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+fn reference(name: &str) -> Value {
+    let path = repo(&format!("../shared/examples/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A fresh topic and a fresh database, on the given services.
+struct Setup {
+    bootstrap: String,
+    topic: String,
+    clickhouse: ClickHouseServer,
+    database: String,
+}
+
+impl Setup {
+    fn new(bootstrap: &str, clickhouse: &ClickHouseServer) -> Setup {
+        let topic = unique_name("raw");
+        create_topics(bootstrap, &[&topic], PARTITIONS).unwrap();
+        Setup {
+            bootstrap: bootstrap.to_string(),
+            topic,
+            clickhouse: clickhouse.clone(),
+            database: unique_name("eye"),
+        }
+    }
+
+    fn shared() -> Setup {
+        let services = services();
+        Setup::new(&services.broker.bootstrap(), &services.clickhouse)
+    }
+
+    fn config(&self) -> ProcessorConfig {
+        let mut config = ProcessorConfig::default();
+        config.kafka.brokers = self.bootstrap.clone();
+        config.consumer.topic = self.topic.clone();
+        config.consumer.group_id = unique_name("processor");
+        config.clickhouse.url = self.clickhouse.url();
+        config.clickhouse.database = self.database.clone();
+        config.batch.max_wait_ms = 200;
+        config.schemas_dir = repo("schemas");
+        config
+    }
+
+    /// The first value of the first row of `sql` (table names may use `{db}`).
+    fn query(&self, sql: &str) -> String {
+        let sql = sql.replace("{db}", &self.database);
+        self.clickhouse
+            .query(&sql)
+            .unwrap_or_else(|err| panic!("{sql}: {err:#}"))
+            .trim()
+            .to_string()
+    }
+
+    fn count(&self, sql: &str) -> u64 {
+        self.query(sql).parse().unwrap_or(0)
+    }
+
+    /// Waits until `sql` counts `expected`, failing after `timeout`.
+    async fn wait_for_count(&self, sql: &str, expected: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self
+                .clickhouse
+                .query(&sql.replace("{db}", &self.database))
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok());
+            if count == Some(expected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sql}: {count:?}, expected {expected} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn produce(&self, messages: &[(Vec<u8>, Vec<(&str, String)>)]) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("linger.ms", "20")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "2000000")
+            .create()
+            .unwrap();
+        let mut deliveries = Vec::new();
+        for (index, (payload, headers)) in messages.iter().enumerate() {
+            let mut owned = OwnedHeaders::new();
+            for (key, value) in headers {
+                owned = owned.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let key = format!("key-{index}");
+            let record = FutureRecord::to(&self.topic)
+                .key(&key)
+                .payload(payload)
+                .headers(owned);
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(error, _)| error)
+                    .expect("queued"),
+            );
+        }
+        for delivery in futures::future::join_all(deliveries).await {
+            delivery.expect("delivered").expect("produced");
+        }
+    }
+}
+
+/// The processor served in-process.
+struct Processor {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    health_url: String,
+}
+
+impl Processor {
+    async fn start(config: ProcessorConfig) -> Processor {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let health_url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            eye_processor::run(config, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("processor runs");
+        });
+        Processor {
+            stop: Some(stop),
+            task,
+            health_url,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn direct(event: &Value) -> (Vec<u8>, Vec<(&'static str, String)>) {
+    (event.to_string().into_bytes(), Vec::new())
+}
+
+#[tokio::test]
+async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_microseconds() {
+    let setup = Setup::shared();
+    let mut ingest = IngestConfig::default();
+    ingest.kafka.brokers = setup.bootstrap.clone();
+    ingest.producer.topic = setup.topic.clone();
+    ingest.applications = vec![Application {
+        id: "shop".into(),
+        key_sha256: key_sha256("shop-key"),
+    }];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ingest_url = format!("http://{}/v1/events", listener.local_addr().unwrap());
+    let (stop_ingest, ingest_stopped) = oneshot::channel::<()>();
+    let ingest_task = tokio::spawn(async move {
+        eye_ingest::serve(ingest, listener, async move {
+            let _ = ingest_stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let processor = Processor::start(setup.config()).await;
+
+    let events: Vec<Value> = ["pageview", "cta_click", "form_submit"]
+        .map(reference)
+        .to_vec();
+    let http = reqwest::Client::new();
+    let mut accepted = None;
+    for _ in 0..100 {
+        let response = http
+            .post(&ingest_url)
+            .bearer_auth("shop-key")
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == reqwest::StatusCode::ACCEPTED {
+            accepted = Some(response.json::<Accepted>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let accepted = accepted.expect("the bridge accepted the events");
+
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events FINAL",
+            3,
+            Duration::from_secs(60),
+        )
+        .await;
+    for (event, event_id) in events.iter().zip(&accepted.event_ids) {
+        let row: Value = serde_json::from_str(&setup.query(&format!(
+            "SELECT application, toString(session_id) AS session_id, category, name, toString(timestamp) AS timestamp, \
+             timestamp_us, host, path, data FROM {{db}}.events FINAL WHERE event_id = toUUID('{event_id}') FORMAT JSONEachRow"
+        )))
+        .unwrap();
+        assert_eq!(row["application"], "shop");
+        assert_eq!(row["session_id"], event["session_id"]);
+        assert_eq!(
+            (&row["category"], &row["name"]),
+            (&event["category"], &event["name"])
+        );
+        assert_eq!(row["timestamp"], "2021-01-01 09:15:27");
+        assert_eq!(row["timestamp_us"], 243860);
+        assert_eq!(row["host"], event["data"]["host"]);
+        assert_eq!(
+            serde_json::from_str::<Value>(row["data"].as_str().unwrap()).unwrap(),
+            event["data"]
+        );
+    }
+    assert_eq!(setup.count("SELECT count() FROM {db}.event_errors"), 0);
+    // The session table holds the same events, in time order for one session.
+    let session_id = events[0]["session_id"].as_str().unwrap();
+    assert_eq!(
+        setup.count(&format!("SELECT count() FROM {{db}}.events_by_session FINAL WHERE session_id = toUUID('{session_id}')")),
+        3
+    );
+
+    processor.stop().await;
+    let _ = stop_ingest.send(());
+    ingest_task.await.unwrap();
+}
+
+#[tokio::test]
+async fn events_produced_straight_to_kafka_land_with_derived_identity() {
+    let setup = Setup::shared();
+    let processor = Processor::start(setup.config()).await;
+    let mut with_offset = reference("pageview");
+    with_offset["timestamp"] = json!("2021-01-01T11:15:27.243860+02:00");
+    let client_id = Uuid::new_v4();
+    let mut with_client_id = reference("cta_click");
+    with_client_id["event_id"] = json!(client_id.to_string());
+    setup
+        .produce(&[
+            direct(&with_offset),
+            direct(&with_client_id),
+            (
+                reference("form_submit").to_string().into_bytes(),
+                vec![("eye.application", "billing".to_string())],
+            ),
+        ])
+        .await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events FINAL",
+            3,
+            Duration::from_secs(60),
+        )
+        .await;
+
+    assert_eq!(
+        setup.query("SELECT concat(toString(timestamp), '.', toString(timestamp_us)) FROM {db}.events FINAL WHERE name = 'pageview'"),
+        "2021-01-01 09:15:27.243860"
+    );
+    assert_eq!(
+        setup.query("SELECT application FROM {db}.events FINAL WHERE name = 'pageview'"),
+        "direct"
+    );
+    assert_eq!(
+        setup.query("SELECT application FROM {db}.events FINAL WHERE name = 'submit'"),
+        "billing"
+    );
+    assert_eq!(
+        setup.query("SELECT toString(event_id) FROM {db}.events FINAL WHERE name = 'cta click'"),
+        client_id.to_string()
+    );
+    processor.stop().await;
+
+    // A replay with a fresh group into fresh tables derives the same ids.
+    let ids = setup.query("SELECT groupArray(toString(event_id)) FROM (SELECT event_id FROM {db}.events FINAL ORDER BY event_id)");
+    let replay_db = unique_name("replay");
+    let mut replay = setup.config();
+    replay.clickhouse.database = replay_db.clone();
+    let processor = Processor::start(replay).await;
+    let replayed = Setup {
+        database: replay_db,
+        topic: setup.topic.clone(),
+        bootstrap: setup.bootstrap.clone(),
+        clickhouse: setup.clickhouse.clone(),
+    };
+    replayed
+        .wait_for_count(
+            "SELECT count() FROM {db}.events FINAL",
+            3,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(replayed.query("SELECT groupArray(toString(event_id)) FROM (SELECT event_id FROM {db}.events FINAL ORDER BY event_id)"), ids);
+    processor.stop().await;
+}
+
+#[tokio::test]
+async fn each_failure_reason_lands_in_event_errors_and_nothing_in_events() {
+    let setup = Setup::shared();
+    let processor = Processor::start(setup.config()).await;
+    let base = reference("form_submit");
+    let with = |key: &str, value: Value| {
+        let mut event = base.clone();
+        event[key] = value;
+        event
+    };
+    let mut missing_session = base.clone();
+    missing_session
+        .as_object_mut()
+        .unwrap()
+        .remove("session_id");
+    let mut data_extra = base.clone();
+    data_extra["data"]["referrer"] = json!("/home");
+    let mut form_number = base.clone();
+    form_number["data"]["form"]["first_name"] = json!(42);
+    let received_at = "2021-01-01T09:15:27.000000Z".to_string();
+    let cases: Vec<(&str, &str, (Vec<u8>, Vec<(&str, String)>))> = vec![
+        (
+            "malformed_json",
+            "",
+            (b"\x00\x01\x02 not json".to_vec(), vec![]),
+        ),
+        ("missing_field", "session_id", direct(&missing_session)),
+        (
+            "invalid_type",
+            "category",
+            direct(&with("category", json!(3))),
+        ),
+        (
+            "invalid_session_id",
+            "session_id",
+            direct(&with("session_id", json!("abc"))),
+        ),
+        (
+            "unknown_event_type",
+            "",
+            direct(&with("name", json!("hover"))),
+        ),
+        ("invalid_data", "data.form.first_name", direct(&form_number)),
+        ("unexpected_field", "data.referrer", direct(&data_extra)),
+        (
+            "invalid_timestamp",
+            "timestamp",
+            direct(&with("timestamp", json!("noon"))),
+        ),
+        (
+            "future_timestamp",
+            "timestamp",
+            (
+                with("timestamp", json!("2021-01-01 10:15:27"))
+                    .to_string()
+                    .into_bytes(),
+                vec![("eye.received_at", received_at)],
+            ),
+        ),
+        (
+            "unknown_schema",
+            "",
+            ([&[0xC3, 0x01][..], &[7; 8], b"datum"].concat(), vec![]),
+        ),
+    ];
+    let mut messages: Vec<(Vec<u8>, Vec<(&str, String)>)> = cases
+        .iter()
+        .map(|(_, _, message)| message.clone())
+        .collect();
+    // A valid event behind the garbage: the partition is not stalled.
+    messages.push(direct(&reference("pageview")));
+    setup.produce(&messages).await;
+
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.event_errors FINAL",
+            cases.len() as u64,
+            Duration::from_secs(60),
+        )
+        .await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events FINAL",
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+    let rows: Vec<Value> = setup
+        .query("SELECT error_type, field_path, reason, hex(raw) AS raw_hex FROM {db}.event_errors FINAL FORMAT JSONEachRow")
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let by_type: HashMap<&str, &Value> = rows
+        .iter()
+        .map(|row| (row["error_type"].as_str().unwrap(), row))
+        .collect();
+    for (error_type, field_path, _) in &cases {
+        let row = by_type
+            .get(error_type)
+            .unwrap_or_else(|| panic!("no {error_type} row in {rows:#?}"));
+        assert_eq!(row["field_path"], *field_path, "{error_type}");
+        assert!(
+            row["reason"].as_str().unwrap().contains(field_path),
+            "{error_type}: {}",
+            row["reason"]
+        );
+    }
+    let garbage_hex: String = b"\x00\x01\x02 not json"
+        .iter()
+        .map(|byte| format!("{byte:02X}"))
+        .collect();
+    assert_eq!(
+        by_type["malformed_json"]["raw_hex"],
+        garbage_hex.as_str(),
+        "raw bytes kept"
+    );
+    assert_eq!(
+        setup.query("SELECT name FROM {db}.events FINAL"),
+        "pageview"
+    );
+    processor.stop().await;
+}
+
+/// 100k events, 5% invalid, with the processor killed (SIGKILL) mid-stream and restarted.
+#[tokio::test]
+async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
+    const EVENTS: usize = 100_000;
+    let broker = OwnedBroker::start_with(Storage::Memory);
+    let setup = Setup::new(&broker.bootstrap(), &services().clickhouse);
+    let template = reference("pageview");
+    let mut messages = Vec::with_capacity(EVENTS);
+    let mut invalid = 0u64;
+    for index in 0..EVENTS {
+        let mut event = template.clone();
+        event["session_id"] = json!(Uuid::new_v4().to_string());
+        if index % 20 == 7 {
+            event["data"]["path"] = json!(index);
+            invalid += 1;
+        }
+        messages.push((
+            event.to_string().into_bytes(),
+            vec![("eye.event_id", Uuid::now_v7().to_string())],
+        ));
+    }
+    setup.produce(&messages).await;
+
+    let config = setup.config();
+    let spawn = || -> Child {
+        let health_port = free_port();
+        Command::new(env!("CARGO_BIN_EXE_eye-processor"))
+            .env("EYE_LISTEN", format!("127.0.0.1:{health_port}"))
+            .env("EYE_KAFKA__BROKERS", &config.kafka.brokers)
+            .env("EYE_CONSUMER__TOPIC", &config.consumer.topic)
+            .env("EYE_CONSUMER__GROUP_ID", &config.consumer.group_id)
+            .env("EYE_CLICKHOUSE__URL", &config.clickhouse.url)
+            .env("EYE_CLICKHOUSE__DATABASE", &config.clickhouse.database)
+            .env("EYE_BATCH__MAX_EVENTS", "5000")
+            .env("EYE_CONSUMER__SESSION_TIMEOUT_MS", "6000")
+            .env("EYE_SCHEMAS_DIR", &config.schemas_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while setup
+        .clickhouse
+        .query(&format!("SELECT count() FROM {}.events", setup.database))
+        .ok()
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        < 20_000
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first processor made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let written_before_kill = setup.count("SELECT count() FROM {db}.events")
+        + setup.count("SELECT count() FROM {db}.event_errors");
+    assert!(
+        written_before_kill < EVENTS as u64,
+        "killed mid-stream ({written_before_kill} written)"
+    );
+
+    let mut second = spawn();
+    let total = "SELECT (SELECT count() FROM {db}.events FINAL) + (SELECT count() FROM {db}.event_errors FINAL)";
+    setup
+        .wait_for_count(total, EVENTS as u64, Duration::from_secs(300))
+        .await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    assert_eq!(
+        setup.count("SELECT count() FROM {db}.events FINAL"),
+        EVENTS as u64 - invalid
+    );
+    assert_eq!(
+        setup.count("SELECT count() FROM {db}.event_errors FINAL"),
+        invalid
+    );
+    assert_eq!(
+        setup.count("SELECT uniqExact(event_id) FROM {db}.events"),
+        EVENTS as u64 - invalid
+    );
+    assert_eq!(
+        setup.count("SELECT count() FROM {db}.events FINAL WHERE event_id IN (SELECT event_id FROM {db}.event_errors)"),
+        0,
+        "no event in both tables"
+    );
+}
+
+#[tokio::test]
+async fn clickhouse_down_for_30_seconds_loses_nothing_and_catches_up() {
+    let mut clickhouse = OwnedClickHouse::start();
+    let setup = Setup::new(&services().broker.bootstrap(), &clickhouse.server);
+    let processor = Processor::start(setup.config()).await;
+    let event = |index: usize| {
+        let mut event = reference("cta_click");
+        event["data"]["element"] = json!(format!("button {index}"));
+        direct(&event)
+    };
+    setup
+        .produce(&(0..500).map(event).collect::<Vec<_>>())
+        .await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events FINAL",
+            500,
+            Duration::from_secs(60),
+        )
+        .await;
+
+    clickhouse.halt();
+    let outage = Instant::now();
+    for round in 1..=3 {
+        setup
+            .produce(
+                &(round * 500..(round + 1) * 500)
+                    .map(event)
+                    .collect::<Vec<_>>(),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let readiness = reqwest::get(format!("{}/readyz", processor.health_url))
+        .await
+        .unwrap();
+    assert_eq!(readiness.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
+    clickhouse.resume();
+
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events FINAL",
+            2000,
+            Duration::from_secs(120),
+        )
+        .await;
+    assert_eq!(setup.count("SELECT uniqExact(data) FROM {db}.events"), 2000);
+    processor.stop().await;
+}
