@@ -2,7 +2,9 @@
 //! schemas ([`schemas`]), how a service loads its typed configuration ([`settings`]), and its
 //! logs and metrics ([`telemetry`]).
 
+pub mod convert;
 pub mod raw;
 pub mod schemas;
 pub mod settings;
 pub mod telemetry;
+pub mod timestamp;

@@ -10,8 +10,13 @@ use std::path::{Path, PathBuf};
 
 use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::schema::RecordSchema;
+use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
+use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
+use uuid::Uuid;
+
+use crate::convert::{json_to_avro, ConversionError};
 
 /// The Avro single-object encoding marker.
 pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
@@ -50,6 +55,57 @@ pub struct EventSchema {
     pub event: Schema,
     /// The 10-byte single-object header: marker and fingerprint of `event`.
     pub single_object_header: [u8; 10],
+}
+
+/// An event's envelope fields, for encoding it as Avro.
+#[derive(Debug, Clone)]
+pub struct EventEnvelope {
+    pub event_id: Uuid,
+    pub application: String,
+    pub session_id: Uuid,
+    pub timestamp: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("data does not match the schema: {0}")]
+    Data(#[from] ConversionError),
+    #[error(transparent)]
+    Avro(#[from] apache_avro::Error),
+}
+
+impl EventSchema {
+    /// The event in Avro single-object encoding: marker, fingerprint, binary datum.
+    pub fn encode_single_object(
+        &self,
+        envelope: &EventEnvelope,
+        data: &Json,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let data = json_to_avro(data, &self.data, &mut String::from("data"))?;
+        let record = Avro::Record(vec![
+            ("event_id".into(), Avro::Uuid(envelope.event_id)),
+            (
+                "application".into(),
+                Avro::String(envelope.application.clone()),
+            ),
+            ("session_id".into(), Avro::Uuid(envelope.session_id)),
+            ("category".into(), Avro::String(self.category.clone())),
+            ("name".into(), Avro::String(self.name.clone())),
+            (
+                "timestamp".into(),
+                Avro::TimestampMicros(envelope.timestamp.timestamp_micros()),
+            ),
+            (
+                "received_at".into(),
+                Avro::TimestampMicros(envelope.received_at.timestamp_micros()),
+            ),
+            ("data".into(), data),
+        ]);
+        let mut bytes = self.single_object_header.to_vec();
+        bytes.extend(apache_avro::to_avro_datum(&self.event, record)?);
+        Ok(bytes)
+    }
 }
 
 /// Every event type's schemas, by (category, name) and by fingerprint.

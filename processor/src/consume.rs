@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::config::ProcessorConfig;
 use crate::sink::{ClickHouseSink, ErrorRow, EventRow, SinkError};
-use crate::timestamp::split_seconds;
 use crate::validate::{Envelope, ErrorType, FailedEvent, ValidEvent, Validator};
+use eye_core::timestamp::split_seconds;
 
 /// Namespace of the event ids derived from a message's topic, partition and offset.
 const DERIVED_EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c0e_92d4_4c6b_b1e8_5e7d_0c2a_9f41);

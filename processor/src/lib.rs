@@ -2,12 +2,11 @@
 //! event or a typed failure, and writes each to exactly one ClickHouse table.
 //!
 //! Follow an event: [`consume`] (Kafka, batching, offsets) → [`validate`] (schemas from
-//! `eye_core::schemas`, timestamps from [`timestamp`]) → [`sink`] (ClickHouse).
+//! `eye_core::schemas`, timestamps from `eye_core::timestamp`) → [`sink`] (ClickHouse).
 
 pub mod config;
 pub mod consume;
 pub mod sink;
-pub mod timestamp;
 pub mod validate;
 
 use std::future::Future;

@@ -24,6 +24,9 @@ use uuid::Uuid;
 
 const PARTITIONS: i32 = 4;
 
+/// A message value and its headers.
+type RawMessage = (Vec<u8>, Vec<(&'static str, String)>);
+
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
@@ -106,7 +109,7 @@ impl Setup {
         }
     }
 
-    async fn produce(&self, messages: &[(Vec<u8>, Vec<(&str, String)>)]) {
+    async fn produce(&self, messages: &[RawMessage]) {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("linger.ms", "20")
@@ -173,7 +176,7 @@ impl Processor {
     }
 }
 
-fn direct(event: &Value) -> (Vec<u8>, Vec<(&'static str, String)>) {
+fn direct(event: &Value) -> RawMessage {
     (event.to_string().into_bytes(), Vec::new())
 }
 
@@ -348,7 +351,7 @@ async fn each_failure_reason_lands_in_event_errors_and_nothing_in_events() {
     let mut form_number = base.clone();
     form_number["data"]["form"]["first_name"] = json!(42);
     let received_at = "2021-01-01T09:15:27.000000Z".to_string();
-    let cases: Vec<(&str, &str, (Vec<u8>, Vec<(&str, String)>))> = vec![
+    let cases: Vec<(&str, &str, RawMessage)> = vec![
         (
             "malformed_json",
             "",
@@ -393,7 +396,7 @@ async fn each_failure_reason_lands_in_event_errors_and_nothing_in_events() {
             ([&[0xC3, 0x01][..], &[7; 8], b"datum"].concat(), vec![]),
         ),
     ];
-    let mut messages: Vec<(Vec<u8>, Vec<(&str, String)>)> = cases
+    let mut messages: Vec<RawMessage> = cases
         .iter()
         .map(|(_, _, message)| message.clone())
         .collect();

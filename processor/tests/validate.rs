@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, Utc};
-use eye_core::schemas::SchemaRegistry;
+use eye_core::schemas::{EventEnvelope, SchemaRegistry};
 use eye_processor::validate::{Envelope, ErrorType, FailedEvent, Validator};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -197,4 +197,67 @@ fn client_event_id_is_used_when_no_header_carries_one() {
         .validate(event.to_string().as_bytes(), &direct)
         .unwrap();
     assert_eq!(valid.stamp.event_id, direct.derived_event_id);
+}
+
+fn avro_bytes(name: &str) -> (Vec<u8>, Uuid) {
+    let event = reference(name);
+    let registry = SchemaRegistry::load(&repo("schemas/avro")).unwrap();
+    let schema = registry
+        .latest(
+            event["category"].as_str().unwrap(),
+            event["name"].as_str().unwrap(),
+        )
+        .unwrap();
+    let event_id = Uuid::new_v4();
+    let envelope = EventEnvelope {
+        event_id,
+        application: "billing".into(),
+        session_id: Uuid::parse_str(event["session_id"].as_str().unwrap()).unwrap(),
+        timestamp: "2021-01-01T09:15:27.243860Z".parse().unwrap(),
+        received_at: "2021-01-01T09:15:28Z".parse().unwrap(),
+    };
+    (
+        schema
+            .encode_single_object(&envelope, &event["data"])
+            .unwrap(),
+        event_id,
+    )
+}
+
+#[test]
+fn avro_single_object_events_decode_to_the_same_event() {
+    for name in ["pageview", "cta_click", "form_submit"] {
+        let (bytes, event_id) = avro_bytes(name);
+        let valid = validator()
+            .validate(&bytes, &envelope())
+            .unwrap_or_else(|failed| panic!("{name}: {:?}", failed.failure));
+        assert_eq!(Value::Object(valid.data), reference(name)["data"]);
+        assert_eq!(valid.stamp.event_id, event_id);
+        assert_eq!(valid.stamp.application, "billing");
+        assert_eq!(
+            valid.timestamp.to_rfc3339(),
+            "2021-01-01T09:15:27.243860+00:00"
+        );
+    }
+}
+
+#[test]
+fn avro_with_an_unknown_fingerprint_or_a_broken_datum_fails() {
+    let (mut bytes, _) = avro_bytes("pageview");
+    bytes[5] ^= 0xff;
+    assert_eq!(
+        failure_of(&bytes).failure.error_type,
+        ErrorType::UnknownSchema
+    );
+    let (bytes, _) = avro_bytes("pageview");
+    assert_eq!(
+        failure_of(&bytes[..bytes.len() - 3]).failure.error_type,
+        ErrorType::InvalidAvro
+    );
+    let mut trailing = avro_bytes("pageview").0;
+    trailing.push(0);
+    assert_eq!(
+        failure_of(&trailing).failure.error_type,
+        ErrorType::InvalidAvro
+    );
 }
