@@ -63,6 +63,9 @@ struct Ports {
     /// HTTP port of the ingest bridge (`run` only).
     #[arg(long, default_value_t = 8080)]
     ingest_port: u16,
+    /// Port of the processor's health and metrics endpoints (`run` only).
+    #[arg(long, default_value_t = 8081)]
+    processor_port: u16,
     /// Partitions of the raw topic.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
@@ -218,28 +221,46 @@ fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
     let kafka = format!("127.0.0.1:{}", ports.kafka_port);
     let clickhouse = format!("http://127.0.0.1:{}", ports.clickhouse_http_port);
     let ingest_listen = format!("127.0.0.1:{}", ports.ingest_port);
+    let processor_listen = format!("127.0.0.1:{}", ports.processor_port);
     // The services read their settings from the file and `EYE_…` variables; `eye-dev` passes
     // the addresses it chose through the environment.
-    let envs = vec![
-        ("EYE_KAFKA__BROKERS".into(), kafka.clone().into()),
-        ("EYE_CLICKHOUSE__URL".into(), clickhouse.into()),
-        ("EYE_LISTEN".into(), ingest_listen.clone().into()),
-    ];
-    let launch_with = |program: &str, config: &str, log: &str| Launch {
+    let launch = |program: &str, config: &str, envs: Vec<(&str, String)>| Launch {
         program: bin.join(program),
         args: vec!["--config".into(), root.join(config).into()],
-        envs: envs.clone(),
-        log_file: state.join(log),
+        envs: envs
+            .into_iter()
+            .map(|(key, value)| (key.into(), value.into()))
+            .collect(),
+        log_file: state.join(format!("{program}.log")),
     };
     INGEST.start(
         &state,
-        &launch_with("eye-ingest", "config/ingest.toml", "ingest.log"),
-        &format!("http://{ingest_listen}"),
+        &launch(
+            "eye-ingest",
+            "config/ingest.toml",
+            vec![
+                ("EYE_LISTEN", ingest_listen.clone()),
+                ("EYE_KAFKA__BROKERS", kafka.clone()),
+            ],
+        ),
+        &format!("http://{ingest_listen}/v1/events"),
     )?;
     PROCESSOR.start(
         &state,
-        &launch_with("eye-processor", "config/processor.toml", "processor.log"),
-        &format!("consumes {RAW_TOPIC} from {kafka}"),
+        &launch(
+            "eye-processor",
+            "config/processor.toml",
+            vec![
+                ("EYE_LISTEN", processor_listen.clone()),
+                ("EYE_KAFKA__BROKERS", kafka.clone()),
+                ("EYE_CLICKHOUSE__URL", clickhouse.clone()),
+                (
+                    "EYE_SCHEMAS_DIR",
+                    root.join("schemas").display().to_string(),
+                ),
+            ],
+        ),
+        &format!("http://{processor_listen}/metrics, consuming {RAW_TOPIC} into {clickhouse}"),
     )?;
     Ok(())
 }

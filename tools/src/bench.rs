@@ -1,0 +1,352 @@
+//! `eye bench`: throughput and latency figures against running services. Benchmarks print
+//! figures; nothing here asserts a target.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use eye_devenv::broker::create_topics;
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{json, Value as Json};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// POST events to a running ingest bridge: batched and single-event requests.
+    Ingest(IngestBench),
+    /// Fill a fresh topic, then time the processor (release binary) turning it into rows, beside
+    /// a plain consumer reading the same topic.
+    Processor(ProcessorBench),
+}
+
+#[derive(Args)]
+pub struct IngestBench {
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1/events")]
+    url: String,
+    #[arg(long, default_value = "eye-local-dev-key")]
+    api_key: String,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Events per request in the batched scenario.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+pub struct ProcessorBench {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "http://127.0.0.1:8123")]
+    clickhouse_url: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Share of invalid events, in percent.
+    #[arg(long, default_value_t = 5)]
+    invalid_percent: usize,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    #[arg(long, default_value = "target/release/eye-processor")]
+    processor_bin: PathBuf,
+    #[arg(long, default_value = "schemas")]
+    schemas_dir: PathBuf,
+}
+
+pub async fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Ingest(args) => ingest(args).await,
+        Bench::Processor(args) => processor(args).await,
+    }
+}
+
+fn reference_events(count: usize) -> Vec<Json> {
+    let session = Uuid::new_v4().to_string();
+    let kinds = [
+        json!({"category": "page interaction", "name": "pageview", "data": {"host": "www.example.com", "path": "/"}}),
+        json!({"category": "page interaction", "name": "cta click", "data": {"host": "www.example.com", "path": "/", "element": "chat bubble"}}),
+        json!({"category": "form interaction", "name": "submit", "data": {"host": "www.example.com", "path": "/", "form": {"first_name": "John", "last_name": "Doe"}}}),
+    ];
+    (0..count)
+        .map(|index| {
+            let mut event = kinds[index % 3].clone();
+            event["session_id"] = json!(session);
+            event["timestamp"] = json!("2021-01-01 09:15:27.243860");
+            event
+        })
+        .collect()
+}
+
+struct Figures {
+    latency_us: Histogram<u64>,
+    accepted_events: u64,
+    requests: u64,
+    refused: u64,
+}
+
+async fn ingest(args: IngestBench) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
+    println!("| scenario | clients | requests | events/s | requests/s | p50 ms | p99 ms | max ms | not 202 |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (scenario, batch) in [("batched", args.batch_size), ("single", 1)] {
+        let body = if batch == 1 {
+            reference_events(1)[0].to_string()
+        } else {
+            Json::Array(reference_events(batch)).to_string()
+        };
+        let figures = Arc::new(Mutex::new(Figures {
+            latency_us: Histogram::new(3)?,
+            accepted_events: 0,
+            requests: 0,
+            refused: 0,
+        }));
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(args.seconds);
+        let mut clients = Vec::new();
+        for _ in 0..args.clients {
+            let (http, url, key, body, figures) = (
+                http.clone(),
+                args.url.clone(),
+                args.api_key.clone(),
+                body.clone(),
+                figures.clone(),
+            );
+            clients.push(tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new(3).expect("histogram");
+                let (mut accepted, mut requests, mut refused) = (0u64, 0u64, 0u64);
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    let response = http
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    latency
+                        .record(sent.elapsed().as_micros() as u64)
+                        .expect("in range");
+                    requests += 1;
+                    match response {
+                        Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
+                            accepted += batch as u64
+                        }
+                        _ => refused += 1,
+                    }
+                }
+                let mut figures = figures.lock().await;
+                figures.latency_us.add(&latency).expect("same precision");
+                figures.accepted_events += accepted;
+                figures.requests += requests;
+                figures.refused += refused;
+            }));
+        }
+        for client in clients {
+            client.await?;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let figures = figures.lock().await;
+        let ms = |quantile: f64| figures.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
+        println!(
+            "| {scenario} ({batch}/request) | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            args.clients,
+            figures.requests,
+            figures.accepted_events as f64 / elapsed,
+            figures.requests as f64 / elapsed,
+            ms(0.5),
+            ms(0.99),
+            figures.latency_us.max() as f64 / 1000.0,
+            figures.refused,
+        );
+    }
+    Ok(())
+}
+
+async fn processor(args: ProcessorBench) -> anyhow::Result<()> {
+    if !args.processor_bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release --bin eye-processor`",
+            args.processor_bin.display()
+        );
+    }
+    let run_id = Uuid::now_v7().simple().to_string();
+    let topic = format!("eye.bench.{run_id}");
+    let database = format!("eye_bench_{run_id}");
+    create_topics(&args.brokers, &[&topic], args.partitions)?;
+
+    // Fill the topic: the reference types with fresh sessions, every 1/share-th event invalid.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("queue.buffering.max.kbytes", "4000000")
+        .create()?;
+    let invalid_every = if args.invalid_percent == 0 {
+        usize::MAX
+    } else {
+        100 / args.invalid_percent
+    };
+    let template = reference_events(3);
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(args.events);
+    for index in 0..args.events {
+        let mut event = template[index % 3].clone();
+        let session = Uuid::new_v4().to_string();
+        event["session_id"] = json!(session);
+        if index % invalid_every == invalid_every - 1 {
+            event["data"]["path"] = json!(index);
+        }
+        let payload = event.to_string();
+        let record = FutureRecord::to(&topic).key(&session).payload(&payload);
+        deliveries.push(producer.send_result(record).map_err(|(error, _)| error)?);
+    }
+    for delivery in futures::future::join_all(deliveries).await {
+        delivery?.map_err(|(error, _)| error)?;
+    }
+    let produce_rate = args.events as f64 / started.elapsed().as_secs_f64();
+
+    // Ceiling: a plain consumer reading the same messages, without processing.
+    let consume_rate = consume_all(&args.brokers, &topic, args.partitions, args.events)?;
+
+    let http = reqwest::Client::new();
+    let count_sql = format!("SELECT (SELECT count() FROM {database}.events) + (SELECT count() FROM {database}.event_errors)");
+    let health_port = eye_devenv::free_port();
+    let mut child = Command::new(&args.processor_bin)
+        .env("EYE_LISTEN", format!("127.0.0.1:{health_port}"))
+        .env("EYE_KAFKA__BROKERS", &args.brokers)
+        .env("EYE_CONSUMER__TOPIC", &topic)
+        .env("EYE_CONSUMER__GROUP_ID", format!("bench-{run_id}"))
+        .env("EYE_CLICKHOUSE__URL", &args.clickhouse_url)
+        .env("EYE_CLICKHOUSE__DATABASE", &database)
+        .env("EYE_SCHEMAS_DIR", &args.schemas_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the processor")?;
+    let started = Instant::now();
+    let mut peak_rss_kib = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak_rss_kib = peak_rss_kib.max(rss_kib(child.id()));
+        let text = match http
+            .post(&args.clickhouse_url)
+            .body(count_sql.clone())
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.trim().parse::<u64>().unwrap_or(0) >= args.events as u64 {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the processor exited early: {status}");
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("the processor did not finish within 30 minutes");
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_seconds(child.id());
+    child.kill()?;
+    child.wait()?;
+    let _ = http
+        .post(&args.clickhouse_url)
+        .body(format!("DROP DATABASE IF EXISTS {database}"))
+        .send()
+        .await;
+
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| events ({}% invalid) | {} |",
+        args.invalid_percent, args.events
+    );
+    println!("| fill the topic (produce) | {produce_rate:.0} events/s |");
+    println!("| ceiling: plain consumer | {consume_rate:.0} events/s |");
+    println!(
+        "| processor: topic → ClickHouse rows | {:.0} events/s ({elapsed:.1} s) |",
+        args.events as f64 / elapsed
+    );
+    println!(
+        "| processor / consume ceiling | {:.0}% |",
+        100.0 * args.events as f64 / elapsed / consume_rate
+    );
+    println!(
+        "| processor CPU | {:.1} s per million events |",
+        cpu_seconds * 1e6 / args.events as f64
+    );
+    println!(
+        "| processor peak RSS | {:.0} MB |",
+        peak_rss_kib as f64 / 1024.0
+    );
+    Ok(())
+}
+
+fn consume_all(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-ceiling-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < expected {
+        if let Some(message) = consumer.poll(Duration::from_secs(10)) {
+            message?;
+            seen += 1;
+        } else {
+            bail!("the topic ran dry after {seen} of {expected} messages");
+        }
+    }
+    Ok(expected as f64 / started.elapsed().as_secs_f64())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU seconds of a running process, from /proc (clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
