@@ -75,11 +75,12 @@ struct Ports {
 }
 
 fn default_state_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.eye")
+    workspace_root().join(".eye")
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    fs::canonicalize(&root).unwrap_or(root)
 }
 
 /// One process `eye-dev` manages: its pid file and what its command line must contain.

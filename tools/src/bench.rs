@@ -194,11 +194,10 @@ async fn processor(args: ProcessorBench) -> anyhow::Result<()> {
         .set("queue.buffering.max.messages", "2000000")
         .set("queue.buffering.max.kbytes", "4000000")
         .create()?;
-    let invalid_every = if args.invalid_percent == 0 {
-        usize::MAX
-    } else {
-        100 / args.invalid_percent
-    };
+    let invalid_every = 100usize
+        .checked_div(args.invalid_percent)
+        .filter(|&every| every > 0)
+        .unwrap_or(usize::MAX);
     let template = reference_events(3);
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(args.events);
