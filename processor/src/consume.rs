@@ -1,17 +1,23 @@
 //! The pipeline: consume the raw topic, validate each message, write batches to ClickHouse, and
 //! only then store the batch's offsets for commit (so a crash redelivers, never loses; the
 //! tables collapse redeliveries by event_id).
+//!
+//! On a rebalance, the rows held for revoked partitions are let go unwritten and the offsets
+//! already written are committed: the partitions' new owner starts right after what is in
+//! ClickHouse, so a rebalance neither loses nor duplicates.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
 use metrics::{counter, gauge, histogram};
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
@@ -29,12 +35,21 @@ use eye_core::timestamp::split_seconds;
 const DERIVED_EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c0e_92d4_4c6b_b1e8_5e7d_0c2a_9f41);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Consumer lag per partition, from librdkafka's statistics.
-pub struct LagReporter {
-    topic: String,
+/// What the consume loop and the rebalance callback share.
+#[derive(Default)]
+struct Progress {
+    batch: Batch,
+    /// Per partition, the offset after the last message written to ClickHouse and stored.
+    stored: BTreeMap<i32, i64>,
 }
 
-impl ClientContext for LagReporter {
+/// The consumer's context: reports lag, and lets go of revoked partitions (see the module doc).
+pub struct PipelineContext {
+    topic: String,
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl ClientContext for PipelineContext {
     fn stats(&self, stats: Statistics) {
         if let Some(topic) = stats.topics.get(&self.topic) {
             for (partition, state) in &topic.partitions {
@@ -47,7 +62,44 @@ impl ClientContext for LagReporter {
     }
 }
 
-impl ConsumerContext for LagReporter {}
+impl ConsumerContext for PipelineContext {
+    // Runs inside `recv()`, never while a batch is being written: the loop does one at a time.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let revoked: Vec<i32> = revoked
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        let mut progress = lock(&self.progress);
+        let released = progress.batch.release(&revoked);
+        let mut written = TopicPartitionList::new();
+        for partition in &revoked {
+            if let Some(offset) = progress.stored.remove(partition) {
+                let _ =
+                    written.add_partition_offset(&self.topic, *partition, Offset::Offset(offset));
+            }
+        }
+        if written.count() > 0 {
+            if let Err(error) = consumer.commit(&written, CommitMode::Sync) {
+                warn!(%error, "committing offsets of revoked partitions");
+            }
+        }
+        info!(
+            ?revoked,
+            released, "partitions revoked; their unwritten rows are left to the next owner"
+        );
+    }
+}
+
+fn lock(progress: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
+    // A panic elsewhere cannot leave the batch half-updated in a way that matters here.
+    progress
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -69,15 +121,29 @@ impl Batch {
     fn len(&self) -> usize {
         self.events.len() + self.errors.len()
     }
+
+    /// Drops the rows and offsets of `partitions`; returns how many rows went.
+    fn release(&mut self, partitions: &[i32]) -> usize {
+        let before = self.len();
+        self.events
+            .retain(|row| !partitions.contains(&row.kafka_partition));
+        self.errors
+            .retain(|row| !partitions.contains(&row.kafka_partition));
+        self.next_offsets
+            .retain(|partition, _| !partitions.contains(partition));
+        if self.len() == 0 {
+            self.opened = None;
+        }
+        before - self.len()
+    }
 }
 
 pub struct Pipeline {
-    consumer: StreamConsumer<LagReporter>,
+    consumer: StreamConsumer<PipelineContext>,
     validator: Validator,
     sink: ClickHouseSink,
     config: ProcessorConfig,
-    /// Offsets stored after a successful write: what shutdown commits.
-    stored: BTreeMap<i32, i64>,
+    progress: Arc<Mutex<Progress>>,
     sink_healthy: Arc<AtomicBool>,
 }
 
@@ -107,16 +173,19 @@ impl Pipeline {
         for (key, value) in &config.kafka.librdkafka {
             client.set(key, value);
         }
-        let consumer: StreamConsumer<LagReporter> = client.create_with_context(LagReporter {
-            topic: config.consumer.topic.clone(),
-        })?;
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let consumer: StreamConsumer<PipelineContext> =
+            client.create_with_context(PipelineContext {
+                topic: config.consumer.topic.clone(),
+                progress: progress.clone(),
+            })?;
         consumer.subscribe(&[&config.consumer.topic])?;
         Ok(Self {
             consumer,
             validator,
             sink,
             config,
-            stored: BTreeMap::new(),
+            progress,
             sink_healthy,
         })
     }
@@ -125,21 +194,27 @@ impl Pipeline {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let max_wait = Duration::from_millis(self.config.batch.max_wait_ms);
-        let mut batch = Batch::default();
         loop {
-            let deadline = batch.opened.map(|opened| opened + max_wait);
+            let deadline = lock(&self.progress)
+                .batch
+                .opened
+                .map(|opened| opened + max_wait);
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 _ = sleep_until(deadline), if deadline.is_some() => {
-                    if !self.write(&mut batch, &mut shutdown).await {
+                    if !self.write(&mut shutdown).await {
                         break;
                     }
                 }
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
-                        self.add(&mut batch, &message);
-                        if batch.len() >= self.config.batch.max_events && !self.write(&mut batch, &mut shutdown).await {
+                        let full = {
+                            let mut progress = lock(&self.progress);
+                            self.add(&mut progress.batch, &message);
+                            progress.batch.len() >= self.config.batch.max_events
+                        };
+                        if full && !self.write(&mut shutdown).await {
                             break;
                         }
                     }
@@ -147,10 +222,10 @@ impl Pipeline {
                 },
             }
         }
-        if batch.len() > 0 {
+        if lock(&self.progress).batch.len() > 0 {
             // One more attempt, bounded: what is not written now is redelivered after restart.
-            let deadline = tokio::time::sleep(Duration::from_secs(10));
-            self.write(&mut batch, deadline).await;
+            self.write(tokio::time::sleep(Duration::from_secs(10)))
+                .await;
         }
         self.commit_stored();
         info!("processor stopped");
@@ -185,9 +260,12 @@ impl Pipeline {
     }
 
     /// Writes the batch, retrying with backoff while ClickHouse is unavailable, then stores its
-    /// offsets. False when `stop` resolved before the batch could be written.
-    async fn write(&mut self, batch: &mut Batch, stop: impl Future<Output = ()>) -> bool {
+    /// offsets. False when `stop` resolved before the batch could be written (its rows are then
+    /// dropped unstored, to be redelivered).
+    async fn write(&mut self, stop: impl Future<Output = ()>) -> bool {
         tokio::pin!(stop);
+        let mut batch = std::mem::take(&mut lock(&self.progress).batch);
+        let batch = &mut batch;
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -213,7 +291,6 @@ impl Pipeline {
         histogram!("eye_processor_insert_seconds").record(started.elapsed().as_secs_f64());
         histogram!("eye_processor_batch_events").record(batch.len() as f64);
         self.store_offsets(&batch.next_offsets);
-        *batch = Batch::default();
         true
     }
 
@@ -247,7 +324,7 @@ impl Pipeline {
         batch.errors = errors;
     }
 
-    fn store_offsets(&mut self, next_offsets: &BTreeMap<i32, i64>) {
+    fn store_offsets(&self, next_offsets: &BTreeMap<i32, i64>) {
         let mut list = TopicPartitionList::new();
         for (&partition, &offset) in next_offsets {
             let _ = list.add_partition_offset(
@@ -256,20 +333,19 @@ impl Pipeline {
                 Offset::Offset(offset),
             );
         }
-        // A partition revoked meanwhile refuses the store; its new owner redelivers, and the
-        // tables collapse the duplicates.
         if let Err(error) = self.consumer.store_offsets(&list) {
             warn!(%error, "storing offsets");
         }
-        self.stored.extend(next_offsets);
+        lock(&self.progress).stored.extend(next_offsets);
     }
 
     fn commit_stored(&self) {
-        if self.stored.is_empty() {
+        let stored = lock(&self.progress).stored.clone();
+        if stored.is_empty() {
             return;
         }
         let mut list = TopicPartitionList::new();
-        for (&partition, &offset) in &self.stored {
+        for (&partition, &offset) in &stored {
             let _ = list.add_partition_offset(
                 &self.config.consumer.topic,
                 partition,

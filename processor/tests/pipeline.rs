@@ -666,3 +666,70 @@ async fn readme_queries_return_the_right_rows() {
     }
     processor.stop().await;
 }
+
+/// A processor holding unwritten rows when a second one joins its group: the rows of the
+/// partitions it gives up are left to the new owner, not written twice.
+#[tokio::test]
+async fn rebalance_hands_over_unwritten_rows_without_writing_them_twice() {
+    const EVENTS: usize = 400;
+    let setup = Setup::shared();
+    let mut holding = setup.config();
+    holding.batch.max_wait_ms = 600_000;
+    holding.batch.max_events = 1_000_000;
+    holding.consumer.session_timeout_ms = 6_000;
+    let mut joining = holding.clone();
+    joining.batch.max_wait_ms = 200;
+    let first = Processor::start(holding).await;
+    // The tables exist once the first processor has started; keep every inserted part apart so
+    // a row written twice stays visible.
+    for _ in 0..100 {
+        if setup
+            .clickhouse
+            .query(&format!("SYSTEM STOP MERGES {}.events", setup.database))
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events: Vec<RawMessage> = (0..EVENTS)
+        .map(|index| {
+            let mut event = reference("pageview");
+            event["session_id"] = json!(Uuid::new_v4().to_string());
+            event["data"]["path"] = json!(format!("/{index}"));
+            direct(&event)
+        })
+        .collect();
+    setup.produce(&events).await;
+    // Let the first processor consume everything into its (unwritten) batch.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        setup.count("SELECT count() FROM {db}.events"),
+        0,
+        "the first processor holds its batch"
+    );
+
+    let second = Processor::start(joining).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while setup.count("SELECT count() FROM {db}.events") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the second processor wrote nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    first.stop().await;
+    setup
+        .wait_for_count(
+            "SELECT uniqExact(event_id) FROM {db}.events",
+            EVENTS as u64,
+            Duration::from_secs(60),
+        )
+        .await;
+    second.stop().await;
+    assert_eq!(
+        setup.count("SELECT count() FROM {db}.events"),
+        EVENTS as u64,
+        "no row written twice"
+    );
+}
