@@ -38,10 +38,12 @@ pub fn services() -> &'static SharedServices {
             .and_then(|launch| launch.spawn_supervised(Some(&clickhouse_dir)))
             .expect("starting ClickHouse for tests");
         let broker_dir = scratch_dir("broker");
+        // In memory: tansu 0.6's sqlite engine is slow under parallel tests and panicked once
+        // under load (see docs/benchmarks.md); tests of durability start their own sqlite broker.
         let broker = Broker {
             state_dir: broker_dir.clone(),
             port: free_port(),
-            storage: Storage::Sqlite,
+            storage: Storage::Memory,
         };
         let broker_process = broker
             .prepare(&tansu_binary())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clickhouse::Row;
 use eye_devenv::broker::create_topics;
-use eye_devenv::testing::{services, unique_name};
+use eye_devenv::testing::{services, unique_name, OwnedBroker};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -109,4 +109,61 @@ async fn clickhouse_insert_and_read_back() {
         .await
         .unwrap();
     assert_eq!(read, written);
+}
+
+#[tokio::test]
+async fn sqlite_broker_keeps_log_and_committed_offsets_across_a_restart() {
+    let mut broker = OwnedBroker::start();
+    let bootstrap = broker.bootstrap();
+    let topic = unique_name("durable");
+    let group = unique_name("durable_group");
+    create_topics(&bootstrap, &[&topic], 1).unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    for payload in ["first", "second"] {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&topic).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produced");
+    }
+    drop(producer);
+    let consumer = |group: &str| -> StreamConsumer {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        consumer
+    };
+    {
+        let first = consumer(&group);
+        let message = tokio::time::timeout(Duration::from_secs(30), first.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(message.payload(), Some(&b"first"[..]));
+        first.commit_message(&message, CommitMode::Sync).unwrap();
+    }
+
+    broker.halt();
+    broker.resume();
+
+    let resumed = consumer(&group);
+    let message = tokio::time::timeout(Duration::from_secs(60), resumed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        message.payload(),
+        Some(&b"second"[..]),
+        "resumes after the committed offset"
+    );
 }

@@ -23,6 +23,8 @@ use crate::config::ProducerSettings;
 pub enum ProduceError {
     #[error("the Kafka broker is unreachable")]
     BrokerUnavailable,
+    #[error("the Kafka producer failed for good ({0}); the bridge needs a restart")]
+    Fatal(String),
     #[error("the producer queue is full")]
     QueueFull,
     #[error("the broker did not acknowledge an event: {0}")]
@@ -107,9 +109,21 @@ impl EventProducer {
         self.broker_up.load(Ordering::Relaxed)
     }
 
+    /// A fatal producer error (the idempotent producer can raise one): no event can be produced
+    /// until the process restarts, so liveness reports it.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
+    }
+
     /// Produces every event and waits until the broker has acknowledged all of them. Refuses
     /// up front, producing nothing, when the broker is unreachable or the queue lacks room.
     pub async fn produce_all(&self, events: &[OutgoingEvent<'_>]) -> Result<(), ProduceError> {
+        if let Some(error) = self.fatal_error() {
+            return Err(ProduceError::Fatal(error));
+        }
         if !self.broker_reachable() {
             return Err(ProduceError::BrokerUnavailable);
         }

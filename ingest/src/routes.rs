@@ -109,6 +109,7 @@ impl ApiError {
             ApiError::Body(BodyError::TooManyEvents { .. }) => "too_many_events",
             ApiError::Body(_) => "malformed_body",
             ApiError::Unavailable(ProduceError::QueueFull) => "queue_full",
+            ApiError::Unavailable(ProduceError::Fatal(_)) => "producer_failed",
             ApiError::Unavailable(_) => "broker_unavailable",
         }
     }
@@ -244,12 +245,16 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// Alive unless the producer failed for good (then only a restart helps).
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match state.producer.fatal_error() {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some(error) => (StatusCode::SERVICE_UNAVAILABLE, error).into_response(),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.producer.broker_reachable() {
+    if state.producer.broker_reachable() && state.producer.fatal_error().is_none() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "kafka broker unreachable").into_response()

@@ -536,7 +536,7 @@ async fn concurrent_clients_every_acknowledged_event_on_the_topic_exactly_once()
     const CLIENTS: usize = 50;
     const EVENTS_PER_CLIENT: usize = 200;
     const BATCH: usize = 20;
-    // Its own in-memory broker: this load would slow the shared (sqlite) broker for other tests.
+    // A broker of its own, so this load does not slow the other tests.
     let broker = OwnedBroker::start_with(Storage::Memory);
     let bridge = Bridge::start(&broker.bootstrap(), |_| {}).await;
     let template: serde_json::Value = serde_json::from_str(&reference_event("pageview")).unwrap();
