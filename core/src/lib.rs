@@ -1,10 +1,12 @@
-//! The model both services share: how an event travels on the raw topic ([`raw`]), the event
-//! schemas ([`schemas`]), how a service loads its typed configuration ([`settings`]), and its
-//! logs and metrics ([`telemetry`]).
+//! What every part of The Eye shares: how an event travels on the raw topic ([`raw`]), the event
+//! schemas ([`schemas`]) and how JSON maps onto them ([`convert`]), event time ([`timestamp`]),
+//! and a service's configuration ([`settings`]), logs and metrics ([`telemetry`]) and stop
+//! signal ([`shutdown`]).
 
 pub mod convert;
 pub mod raw;
 pub mod schemas;
 pub mod settings;
+pub mod shutdown;
 pub mod telemetry;
 pub mod timestamp;
