@@ -2,8 +2,9 @@
 //! pipeline locally, and runs the test suite.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -44,7 +45,8 @@ enum Cmd {
     Status,
     /// `up`, then build and start the ingest bridge and the processor in the background.
     Run(Ports),
-    /// Install the services the tests start, then run `cargo test` for the whole workspace.
+    /// Install the services the tests start, run `cargo test` for the whole workspace, and end
+    /// with a total line `summary: N passed, M failed`.
     Test {
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -291,14 +293,51 @@ fn status(state: &Path) {
 fn test(cargo_test_args: &[String]) -> Result<ExitCode> {
     install::ensure_clickhouse()?;
     install::ensure_tansu()?;
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(workspace_root())
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(cargo_test_args)
-        .status()
+        .stdout(Stdio::piped())
+        .spawn()
         .context("running cargo test")?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        _ => ExitCode::FAILURE,
+    // Pass the output through, adding up every test binary's `test result:` line, so the run
+    // ends with one total (the last binary cargo runs may hold no test at all).
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().context("cargo test output")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count_before(result, " passed");
+            failed += count_before(result, " failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed");
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
+}
+
+/// The number just before `label` in a line like `ok. 12 passed; 0 failed; …`.
+fn count_before(text: &str, label: &str) -> u64 {
+    text.split_once(label)
+        .and_then(|(before, _)| before.rsplit(' ').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn counts_come_from_cargo_test_result_lines() {
+        let result =
+            "ok. 12 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.05s";
+        assert_eq!(count_before(result, " passed"), 12);
+        assert_eq!(count_before(result, " failed"), 3);
+        assert_eq!(count_before("FAILED. 0 passed; 1 failed;", " passed"), 0);
+    }
 }
