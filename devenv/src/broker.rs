@@ -1,13 +1,10 @@
-//! A Kafka-protocol broker (tansu) on 127.0.0.1, and the topic set-up every environment needs.
+//! A Kafka-protocol broker (tansu) on 127.0.0.1.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 use crate::process::{wait_until, Launch};
@@ -77,26 +74,8 @@ impl Broker {
 
     /// Creates each topic with `partitions` partitions; one that already exists is left as is.
     pub fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
-        create_topics(&self.bootstrap(), topics, partitions)
+        let bootstrap = self.bootstrap();
+        let created = eye_core::kafka::create_topics(&bootstrap, topics, partitions);
+        Ok(futures::executor::block_on(created)?)
     }
-}
-
-/// Creates topics on any Kafka-protocol broker; existing topics are left as they are.
-pub fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let new_topics: Vec<NewTopic> = topics
-        .iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = futures::executor::block_on(admin.create_topics(&new_topics, &options))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => bail!("creating topic {topic}: {code}"),
-        }
-    }
-    Ok(())
 }

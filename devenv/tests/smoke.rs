@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clickhouse::Row;
-use eye_devenv::broker::create_topics;
+use eye_core::kafka::create_topics;
 use eye_devenv::testing::{services, unique_name, OwnedBroker};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -17,7 +17,7 @@ async fn kafka_round_trip_with_committed_offset() {
     let bootstrap = services().broker.bootstrap();
     let topic = unique_name("smoke");
     let group = unique_name("smoke_group");
-    create_topics(&bootstrap, &[&topic], 3).unwrap();
+    create_topics(&bootstrap, &[&topic], 3).await.unwrap();
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -117,7 +117,7 @@ async fn sqlite_broker_keeps_log_and_committed_offsets_across_a_restart() {
     let bootstrap = broker.bootstrap();
     let topic = unique_name("durable");
     let group = unique_name("durable_group");
-    create_topics(&bootstrap, &[&topic], 1).unwrap();
+    create_topics(&bootstrap, &[&topic], 1).await.unwrap();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()

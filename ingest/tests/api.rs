@@ -5,8 +5,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use eye_core::kafka::create_topics;
 use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
-use eye_devenv::broker::{create_topics, Storage};
+use eye_devenv::broker::Storage;
 use eye_devenv::testing::{services, unique_name, OwnedBroker};
 use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig};
@@ -52,7 +53,9 @@ struct Bridge {
 impl Bridge {
     async fn start(bootstrap: &str, adjust: impl FnOnce(&mut IngestConfig)) -> Bridge {
         let topic = unique_name("raw");
-        create_topics(bootstrap, &[&topic], PARTITIONS).unwrap();
+        create_topics(bootstrap, &[&topic], PARTITIONS)
+            .await
+            .unwrap();
         let mut config = IngestConfig::default();
         config.kafka.brokers = bootstrap.to_string();
         config.producer.topic = topic.clone();

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use eye_devenv::broker::{create_topics, Storage};
+use eye_core::kafka::create_topics;
+use eye_devenv::broker::Storage;
 use eye_devenv::clickhouse::ClickHouseServer;
 use eye_devenv::free_port;
 use eye_devenv::testing::{services, unique_name, OwnedBroker, OwnedClickHouse};
@@ -47,9 +48,11 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(bootstrap: &str, clickhouse: &ClickHouseServer) -> Setup {
+    async fn new(bootstrap: &str, clickhouse: &ClickHouseServer) -> Setup {
         let topic = unique_name("raw");
-        create_topics(bootstrap, &[&topic], PARTITIONS).unwrap();
+        create_topics(bootstrap, &[&topic], PARTITIONS)
+            .await
+            .unwrap();
         Setup {
             bootstrap: bootstrap.to_string(),
             topic,
@@ -58,9 +61,9 @@ impl Setup {
         }
     }
 
-    fn shared() -> Setup {
+    async fn shared() -> Setup {
         let services = services();
-        Setup::new(&services.broker.bootstrap(), &services.clickhouse)
+        Setup::new(&services.broker.bootstrap(), &services.clickhouse).await
     }
 
     fn config(&self) -> ProcessorConfig {
@@ -182,7 +185,7 @@ fn direct(event: &Value) -> RawMessage {
 
 #[tokio::test]
 async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_microseconds() {
-    let setup = Setup::shared();
+    let setup = Setup::shared().await;
     let mut ingest = IngestConfig::default();
     ingest.kafka.brokers = setup.bootstrap.clone();
     ingest.producer.topic = setup.topic.clone();
@@ -265,7 +268,7 @@ async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_micro
 
 #[tokio::test]
 async fn events_produced_straight_to_kafka_land_with_derived_identity() {
-    let setup = Setup::shared();
+    let setup = Setup::shared().await;
     let processor = Processor::start(setup.config()).await;
     let mut with_offset = reference("pageview");
     with_offset["timestamp"] = json!("2021-01-01T11:15:27.243860+02:00");
@@ -333,7 +336,7 @@ async fn events_produced_straight_to_kafka_land_with_derived_identity() {
 
 #[tokio::test]
 async fn each_failure_reason_lands_in_event_errors_and_nothing_in_events() {
-    let setup = Setup::shared();
+    let setup = Setup::shared().await;
     let processor = Processor::start(setup.config()).await;
     let base = reference("form_submit");
     let with = |key: &str, value: Value| {
@@ -459,7 +462,7 @@ async fn each_failure_reason_lands_in_event_errors_and_nothing_in_events() {
 async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     const EVENTS: usize = 100_000;
     let broker = OwnedBroker::start_with(Storage::Memory);
-    let setup = Setup::new(&broker.bootstrap(), &services().clickhouse);
+    let setup = Setup::new(&broker.bootstrap(), &services().clickhouse).await;
     let template = reference("pageview");
     let mut messages = Vec::with_capacity(EVENTS);
     let mut invalid = 0u64;
@@ -550,7 +553,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
 #[tokio::test]
 async fn clickhouse_down_for_30_seconds_loses_nothing_and_catches_up() {
     let mut clickhouse = OwnedClickHouse::start();
-    let setup = Setup::new(&services().broker.bootstrap(), &clickhouse.server);
+    let setup = Setup::new(&services().broker.bootstrap(), &clickhouse.server).await;
     let processor = Processor::start(setup.config()).await;
     let event = |index: usize| {
         let mut event = reference("cta_click");
@@ -601,7 +604,7 @@ async fn clickhouse_down_for_30_seconds_loses_nothing_and_catches_up() {
 /// The SQL blocks of the README, run against a database holding known events.
 #[tokio::test]
 async fn readme_queries_return_the_right_rows() {
-    let setup = Setup::shared();
+    let setup = Setup::shared().await;
     let processor = Processor::start(setup.config()).await;
     let event = |name: &str, id: u128, session: &str, timestamp: &str| {
         let mut event = reference(name);
@@ -672,7 +675,7 @@ async fn readme_queries_return_the_right_rows() {
 #[tokio::test]
 async fn rebalance_hands_over_unwritten_rows_without_writing_them_twice() {
     const EVENTS: usize = 400;
-    let setup = Setup::shared();
+    let setup = Setup::shared().await;
     let mut holding = setup.config();
     holding.batch.max_wait_ms = 600_000;
     holding.batch.max_events = 1_000_000;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use eye_devenv::broker::create_topics;
+use eye_core::kafka::create_topics;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -183,7 +183,7 @@ async fn processor(args: ProcessorBench) -> anyhow::Result<()> {
     let run_id = Uuid::now_v7().simple().to_string();
     let topic = format!("eye.bench.{run_id}");
     let database = format!("eye_bench_{run_id}");
-    create_topics(&args.brokers, &[&topic], args.partitions)?;
+    create_topics(&args.brokers, &[&topic], args.partitions).await?;
 
     // Fill the topic: the reference types with fresh sessions, every 1/share-th event invalid.
     let producer: FutureProducer = ClientConfig::new()
