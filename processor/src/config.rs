@@ -6,6 +6,8 @@ use eye_core::raw::DEFAULT_RAW_TOPIC;
 use eye_core::settings::KafkaSettings;
 use serde::{Deserialize, Serialize};
 
+use crate::dead_letter::DeadLetterSettings;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProcessorConfig {
@@ -15,6 +17,7 @@ pub struct ProcessorConfig {
     pub consumer: ConsumerSettings,
     pub batch: BatchSettings,
     pub clickhouse: ClickHouseSettings,
+    pub dead_letter: DeadLetterSettings,
     pub validation: ValidationSettings,
     /// Directory holding `avro/` (event schemas) and `clickhouse/` (table DDL).
     pub schemas_dir: PathBuf,
@@ -28,6 +31,7 @@ impl Default for ProcessorConfig {
             consumer: ConsumerSettings::default(),
             batch: BatchSettings::default(),
             clickhouse: ClickHouseSettings::default(),
+            dead_letter: DeadLetterSettings::default(),
             validation: ValidationSettings::default(),
             schemas_dir: "schemas".into(),
         }

@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::config::ProcessorConfig;
+use crate::dead_letter::{DeadLetterSink, FailedMessage};
 use crate::sink::{ClickHouseSink, ErrorRow, EventRow, SinkError};
 use crate::validate::{Envelope, ErrorType, FailedEvent, ValidEvent, Validator};
 use eye_core::timestamp::split_seconds;
@@ -111,7 +112,7 @@ pub enum PipelineError {
 #[derive(Default)]
 struct Batch {
     events: Vec<EventRow>,
-    errors: Vec<ErrorRow>,
+    errors: Vec<FailedMessage>,
     /// Per partition, the offset after the last message in the batch.
     next_offsets: BTreeMap<i32, i64>,
     opened: Option<Instant>,
@@ -128,7 +129,7 @@ impl Batch {
         self.events
             .retain(|row| !partitions.contains(&row.kafka_partition));
         self.errors
-            .retain(|row| !partitions.contains(&row.kafka_partition));
+            .retain(|failed| !partitions.contains(&failed.row.kafka_partition));
         self.next_offsets
             .retain(|partition, _| !partitions.contains(partition));
         if self.len() == 0 {
@@ -142,6 +143,7 @@ pub struct Pipeline {
     consumer: StreamConsumer<PipelineContext>,
     validator: Validator,
     sink: ClickHouseSink,
+    dead_letters: DeadLetterSink,
     config: ProcessorConfig,
     progress: Arc<Mutex<Progress>>,
     sink_healthy: Arc<AtomicBool>,
@@ -152,6 +154,7 @@ impl Pipeline {
         config: ProcessorConfig,
         validator: Validator,
         sink: ClickHouseSink,
+        dead_letters: DeadLetterSink,
         sink_healthy: Arc<AtomicBool>,
     ) -> Result<Self, PipelineError> {
         let mut client = ClientConfig::new();
@@ -184,6 +187,7 @@ impl Pipeline {
             consumer,
             validator,
             sink,
+            dead_letters,
             config,
             progress,
             sink_healthy,
@@ -247,12 +251,16 @@ impl Pipeline {
                 counter!("eye_processor_events_total", "outcome" => "invalid").increment(1);
                 counter!("eye_processor_failures_total", "error_type" => failed.failure.error_type.as_str())
                     .increment(1);
-                batch.errors.push(error_row(
-                    failed,
-                    message.payload().unwrap_or_default(),
-                    partition,
-                    offset,
-                ));
+                batch.errors.push(FailedMessage {
+                    row: error_row(
+                        failed,
+                        message.payload().unwrap_or_default(),
+                        partition,
+                        offset,
+                    ),
+                    key: message.key().map(<[u8]>::to_vec),
+                    headers: headers_of(message),
+                });
             }
         }
         batch.next_offsets.insert(partition, offset + 1);
@@ -294,9 +302,16 @@ impl Pipeline {
         true
     }
 
+    /// Both tables, then the dead-letter topic; each step is idempotent for a retry.
     async fn insert(&self, batch: &Batch) -> Result<(), SinkError> {
-        self.sink.insert_events(&batch.events).await?;
-        self.sink.insert_errors(&batch.errors).await
+        self.sink.insert_events(batch.events.iter()).await?;
+        self.sink
+            .insert_errors(batch.errors.iter().map(|failed| &failed.row))
+            .await?;
+        self.dead_letters
+            .publish(batch.errors.iter())
+            .await
+            .map_err(SinkError::DeadLetter)
     }
 
     /// After ClickHouse refused a batch for its data: each event row it refuses on its own
@@ -304,21 +319,26 @@ impl Pipeline {
     async fn isolate_refused_rows(&self, batch: &mut Batch) {
         let mut accepted = Vec::with_capacity(batch.events.len());
         for row in std::mem::take(&mut batch.events) {
-            match self.sink.insert_events(std::slice::from_ref(&row)).await {
-                Err(SinkError::Permanent(error)) => {
-                    batch.errors.push(refused_row(row, &error.to_string()))
-                }
+            match self.sink.insert_events(std::iter::once(&row)).await {
+                Err(SinkError::Permanent(error)) => batch.errors.push(FailedMessage {
+                    row: refused_row(row, &error.to_string()),
+                    key: None,
+                    headers: Vec::new(),
+                }),
                 _ => accepted.push(row),
             }
         }
         batch.events = accepted;
         let mut errors = Vec::with_capacity(batch.errors.len());
-        for row in std::mem::take(&mut batch.errors) {
-            match self.sink.insert_errors(std::slice::from_ref(&row)).await {
+        for failed in std::mem::take(&mut batch.errors) {
+            match self.sink.insert_errors(std::iter::once(&failed.row)).await {
                 Err(SinkError::Permanent(error)) => {
-                    error!(%error, event_id = %row.event_id, "ClickHouse refused a failure row; it is skipped")
+                    error!(%error, event_id = %failed.row.event_id, "ClickHouse refused a failure row; it goes to the dead-letter topic only");
+                    if let Err(error) = self.dead_letters.publish(std::iter::once(&failed)).await {
+                        error!(%error, event_id = %failed.row.event_id, "the failure is in neither table nor topic");
+                    }
                 }
-                _ => errors.push(row),
+                _ => errors.push(failed),
             }
         }
         batch.errors = errors;
@@ -362,6 +382,24 @@ async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
         tokio::time::sleep_until(deadline.into()).await;
     }
+}
+
+/// Every header of the message, as sent.
+fn headers_of(message: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (
+                        header.key.to_string(),
+                        header.value.unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What the message's headers say, completed deterministically from the message itself.

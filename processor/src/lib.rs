@@ -2,10 +2,12 @@
 //! event or a typed failure, and writes each to exactly one ClickHouse table.
 //!
 //! Follow an event: [`consume`] (Kafka, batching, offsets) → [`validate`] (schemas from
-//! `eye_core::schemas`, timestamps from `eye_core::timestamp`) → [`sink`] (ClickHouse).
+//! `eye_core::schemas`, timestamps from `eye_core::timestamp`) → [`sink`] (ClickHouse), and
+//! for failures also [`dead_letter`] (the dead-letter topic).
 
 pub mod config;
 pub mod consume;
+pub mod dead_letter;
 pub mod sink;
 pub mod validate;
 
@@ -24,6 +26,7 @@ use tracing::info;
 
 use crate::config::ProcessorConfig;
 use crate::consume::{Pipeline, PipelineError};
+use crate::dead_letter::DeadLetterSink;
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::validate::Validator;
 
@@ -35,6 +38,8 @@ pub enum StartError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("creating the dead-letter topic: {0}")]
+    DeadLetterTopic(#[from] eye_core::kafka::TopicError),
     #[error(transparent)]
     Metrics(#[from] eye_core::telemetry::MetricsError),
     #[error("serving health endpoints: {0}")]
@@ -59,13 +64,22 @@ pub async fn run(
         &config.schemas_dir.join("clickhouse"),
     )
     .await?;
+    eye_core::kafka::create_topics(
+        &config.kafka.brokers,
+        &[&config.dead_letter.topic],
+        config.dead_letter.partitions,
+    )
+    .await?;
+    let dead_letters =
+        DeadLetterSink::new(&config.kafka, &config.dead_letter, &config.consumer.topic)
+            .map_err(PipelineError::Kafka)?;
     let sink_healthy = Arc::new(AtomicBool::new(true));
     let health = Health {
         sink_healthy: sink_healthy.clone(),
         metrics: eye_core::telemetry::prometheus()?,
     };
     info!(address = %listener.local_addr()?, topic = %config.consumer.topic, "processor starting");
-    let pipeline = Pipeline::new(config, validator, sink, sink_healthy)?;
+    let pipeline = Pipeline::new(config, validator, sink, dead_letters, sink_healthy)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {

@@ -71,6 +71,8 @@ pub enum SinkError {
     Permanent(clickhouse::error::Error),
     #[error("ClickHouse unavailable: {0}")]
     Retryable(clickhouse::error::Error),
+    #[error("dead-letter topic unavailable: {0}")]
+    DeadLetter(rdkafka::error::KafkaError),
 }
 
 impl SinkError {
@@ -159,19 +161,29 @@ impl ClickHouseSink {
             .is_ok()
     }
 
-    pub async fn insert_events(&self, rows: &[EventRow]) -> Result<(), SinkError> {
+    pub async fn insert_events<'a>(
+        &self,
+        rows: impl ExactSizeIterator<Item = &'a EventRow>,
+    ) -> Result<(), SinkError> {
         self.insert("events", rows).await
     }
 
-    pub async fn insert_errors(&self, rows: &[ErrorRow]) -> Result<(), SinkError> {
+    pub async fn insert_errors<'a>(
+        &self,
+        rows: impl ExactSizeIterator<Item = &'a ErrorRow>,
+    ) -> Result<(), SinkError> {
         self.insert("event_errors", rows).await
     }
 
-    async fn insert<T>(&self, table: &str, rows: &[T]) -> Result<(), SinkError>
+    async fn insert<'r, T>(
+        &self,
+        table: &str,
+        rows: impl ExactSizeIterator<Item = &'r T>,
+    ) -> Result<(), SinkError>
     where
-        for<'a> T: Row<Value<'a> = T> + Serialize,
+        for<'a> T: Row<Value<'a> = T> + Serialize + 'r,
     {
-        if rows.is_empty() {
+        if rows.len() == 0 {
             return Ok(());
         }
         let mut insert = self

@@ -15,9 +15,10 @@ use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig};
 use eye_ingest::routes::Accepted;
 use eye_processor::config::ProcessorConfig;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -75,6 +76,7 @@ impl Setup {
         config.clickhouse.database = self.database.clone();
         config.batch.max_wait_ms = 200;
         config.schemas_dir = repo("schemas");
+        config.dead_letter.topic = format!("{}_dlq", self.topic);
         config
     }
 
@@ -735,4 +737,126 @@ async fn rebalance_hands_over_unwritten_rows_without_writing_them_twice() {
         EVENTS as u64,
         "no row written twice"
     );
+}
+
+/// Every message on the dead-letter topic, once `expected` have arrived (and a moment more).
+fn read_dead_letters(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("dlq_reader"))
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut settle_until: Option<Instant> = None;
+    while Instant::now() < deadline && settle_until.is_none_or(|until| Instant::now() < until) {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(message.unwrap().detach());
+        }
+        if messages.len() >= expected && settle_until.is_none() {
+            settle_until = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+    messages
+}
+
+#[tokio::test]
+async fn dead_letters_carry_the_original_bytes_key_headers_and_the_reason() {
+    let setup = Setup::shared().await;
+    let processor = Processor::start(setup.config()).await;
+    let mut missing_host = reference("pageview");
+    missing_host["data"].as_object_mut().unwrap().remove("host");
+    let bridge_id = Uuid::now_v7().to_string();
+    setup
+        .produce(&[
+            (b"\x00garbage".to_vec(), vec![("trace", "abc".to_string())]),
+            (
+                missing_host.to_string().into_bytes(),
+                vec![("eye.event_id", bridge_id.clone())],
+            ),
+            direct(&reference("cta_click")),
+        ])
+        .await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.event_errors FINAL",
+            2,
+            Duration::from_secs(60),
+        )
+        .await;
+
+    let dead = read_dead_letters(&setup.bootstrap, &format!("{}_dlq", setup.topic), 4, 2);
+    assert_eq!(
+        dead.len(),
+        2,
+        "one dead letter per failed event, none for the valid one"
+    );
+    let header = |message: &OwnedMessage, name: &str| -> Option<String> {
+        message
+            .headers()?
+            .iter()
+            .find(|header| header.key == name)
+            .map(|header| String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned())
+    };
+    let garbage = dead
+        .iter()
+        .find(|message| message.payload() == Some(&b"\x00garbage"[..]))
+        .expect("garbage, byte for byte");
+    assert_eq!(
+        header(garbage, "trace").as_deref(),
+        Some("abc"),
+        "original headers kept"
+    );
+    assert_eq!(
+        header(garbage, "eye.error_type").as_deref(),
+        Some("malformed_json")
+    );
+    assert_eq!(
+        header(garbage, "eye.source_topic").as_deref(),
+        Some(setup.topic.as_str())
+    );
+    assert_eq!(garbage.key(), Some(&b"key-0"[..]), "original key kept");
+    let offset: i64 = header(garbage, "eye.source_offset")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let partition: i32 = header(garbage, "eye.source_partition")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let derived_id = header(garbage, "eye.event_id").expect("an event id even without the bridge");
+    assert_eq!(
+        setup.query(&format!("SELECT toString(event_id) FROM {{db}}.event_errors FINAL WHERE kafka_partition = {partition} AND kafka_offset = {offset}")),
+        derived_id
+    );
+
+    let invalid = dead
+        .iter()
+        .find(|message| message.payload() == Some(missing_host.to_string().as_bytes()))
+        .unwrap();
+    assert_eq!(header(invalid, "eye.event_id"), Some(bridge_id));
+    assert_eq!(
+        header(invalid, "eye.error_type").as_deref(),
+        Some("invalid_data")
+    );
+    assert_eq!(
+        header(invalid, "eye.error_field").as_deref(),
+        Some("data.host")
+    );
+    assert!(header(invalid, "eye.error_reason")
+        .unwrap()
+        .contains("data.host"));
+    processor.stop().await;
 }
