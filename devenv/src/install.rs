@@ -1,5 +1,5 @@
 //! Finding the service binaries, and installing them when they are missing: ClickHouse from
-//! Debian's packages, tansu from crates.io.
+//! Debian's packages, tansu from crates.io, and for the tests chdb from PyPI.
 
 use std::env;
 use std::path::PathBuf;
@@ -78,6 +78,28 @@ pub fn ensure_clickhouse() -> Result<PathBuf> {
         ])
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     clickhouse_server().context("clickhouse-server was installed but is not on PATH")
+}
+
+/// The `chdb` Python package: a current ClickHouse release as a library, so the tests also check
+/// the DDL against what the compose file runs, not only against Debian's 18.16.
+pub fn ensure_chdb() -> Result<()> {
+    let importable = Command::new("python3")
+        .args(["-c", "import chdb"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if importable {
+        return Ok(());
+    }
+    eprintln!("installing the chdb Python package with pip");
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "chdb",
+    ]))
 }
 
 fn run(command: &mut Command) -> Result<()> {

@@ -293,6 +293,7 @@ fn status(state: &Path) {
 fn test(cargo_test_args: &[String]) -> Result<ExitCode> {
     install::ensure_clickhouse()?;
     install::ensure_tansu()?;
+    install::ensure_chdb()?;
     let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(workspace_root())
         .args(["test", "--workspace", "--no-fail-fast"])
