@@ -608,12 +608,19 @@ async fn clickhouse_down_for_30_seconds_loses_nothing_and_catches_up() {
 async fn readme_queries_return_the_right_rows() {
     let setup = Setup::shared().await;
     let processor = Processor::start(setup.config()).await;
+    // Received on 2021-01-03, so the per-minute counts are known in advance.
+    let received = |event: &Value| -> RawMessage {
+        (
+            event.to_string().into_bytes(),
+            vec![("eye.received_at", "2021-01-03T00:00:10.000000Z".to_string())],
+        )
+    };
     let event = |name: &str, id: u128, session: &str, timestamp: &str| {
         let mut event = reference(name);
         event["event_id"] = json!(Uuid::from_u128(id).to_string());
         event["session_id"] = json!(session);
         event["timestamp"] = json!(timestamp);
-        direct(&event)
+        received(&event)
     };
     let session = "e2085be5-9137-4e4e-80b5-f1ffddc25423";
     let other = "0f6b1a7e-1111-4e4e-80b5-f1ffddc25423";
@@ -629,8 +636,8 @@ async fn readme_queries_return_the_right_rows() {
             event("cta_click", 2, session, "2021-01-01 09:15:27.243860"),
             event("cta_click", 5, other, "2021-01-01 10:30:00"),
             event("pageview", 6, other, "2021-01-02 08:00:00"),
-            direct(&bad_session),
-            direct(&unknown),
+            received(&bad_session),
+            received(&unknown),
         ])
         .await;
     setup
@@ -662,6 +669,8 @@ async fn readme_queries_return_the_right_rows() {
         "cta click\t2\npageview\t2\n",
         "form interaction\tsubmit\t1\npage interaction\tcta click\t1\npage interaction\tpageview\t2\n",
         "invalid_session_id\t1\nunknown_event_type\t1\n",
+        "direct\tpage interaction\tpageview\tinvalid_session_id\t2021-01-03 00:00:00\t1\t3\t0.25\n\
+         direct\tpage interaction\tscroll\tunknown_event_type\t2021-01-03 00:00:00\t1\t0\t1\n",
     ];
     assert_eq!(queries.len(), expected.len(), "the README's SQL blocks");
     for (query, expected) in queries.iter().zip(expected) {
@@ -858,5 +867,76 @@ async fn dead_letters_carry_the_original_bytes_key_headers_and_the_reason() {
     assert!(header(invalid, "eye.error_reason")
         .unwrap()
         .contains("data.host"));
+    processor.stop().await;
+}
+
+/// Per-minute failure and event counts stay exact when every message arrives twice.
+#[tokio::test]
+async fn error_and_event_counts_are_exact_under_redelivery() {
+    let setup = Setup::shared().await;
+    let processor = Processor::start(setup.config()).await;
+    let message = |event: &Value, application: &str, received_at: &str| -> RawMessage {
+        let headers = vec![
+            ("eye.event_id", Uuid::now_v7().to_string()),
+            ("eye.application", application.to_string()),
+            ("eye.received_at", received_at.to_string()),
+        ];
+        (event.to_string().into_bytes(), headers)
+    };
+    let mut invalid = reference("pageview");
+    invalid["data"]["path"] = json!(7);
+    let mut unknown = reference("pageview");
+    unknown["name"] = json!("scroll");
+    let mut messages = Vec::new();
+    for _ in 0..30 {
+        messages.push(message(&invalid, "shop", "2021-01-03T10:00:01.000000Z"));
+    }
+    for _ in 0..10 {
+        messages.push(message(
+            &reference("pageview"),
+            "shop",
+            "2021-01-03T10:00:59.999999Z",
+        ));
+    }
+    for _ in 0..5 {
+        messages.push(message(&unknown, "blog", "2021-01-03T10:01:00.000000Z"));
+    }
+    // Every message twice, as a redelivery would: same bytes, same headers.
+    let twice: Vec<RawMessage> = messages.iter().chain(messages.iter()).cloned().collect();
+    setup.produce(&twice).await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.event_errors FINAL",
+            35,
+            Duration::from_secs(60),
+        )
+        .await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events FINAL",
+            10,
+            Duration::from_secs(60),
+        )
+        .await;
+
+    let failures = setup.clickhouse.query(&format!(
+        "SELECT application, category, name, error_type, minute, uniqExactMerge(failures) FROM {}.error_counts \
+         GROUP BY application, category, name, error_type, minute ORDER BY application FORMAT TSV",
+        setup.database
+    ));
+    assert_eq!(
+        failures.unwrap(),
+        "blog\tpage interaction\tscroll\tunknown_event_type\t2021-01-03 10:01:00\t5\n\
+         shop\tpage interaction\tpageview\tinvalid_data\t2021-01-03 10:00:00\t30\n"
+    );
+    let events = setup.clickhouse.query(&format!(
+        "SELECT application, category, name, minute, uniqExactMerge(events) FROM {}.event_counts \
+         GROUP BY application, category, name, minute FORMAT TSV",
+        setup.database
+    ));
+    assert_eq!(
+        events.unwrap(),
+        "shop\tpage interaction\tpageview\t2021-01-03 10:00:00\t10\n"
+    );
     processor.stop().await;
 }
