@@ -474,6 +474,7 @@ fn error_row(failed: FailedEvent, raw: &[u8], partition: i32, offset: i64) -> Er
     ErrorRow {
         event_id: failed.stamp.event_id,
         application: failed.stamp.application,
+        session_id: failed.session_id.unwrap_or(Uuid::nil()),
         error_type: failed.failure.error_type.as_str().to_string(),
         reason: failed.failure.reason,
         field_path: failed.failure.field_path,
@@ -491,6 +492,7 @@ fn refused_row(row: EventRow, reason: &str) -> ErrorRow {
     ErrorRow {
         event_id: row.event_id,
         application: row.application,
+        session_id: row.session_id,
         error_type: ErrorType::SinkRejected.as_str().to_string(),
         reason: format!("ClickHouse refused the row: {reason}"),
         // The original bytes are not kept past validation; the validated payload stands in.

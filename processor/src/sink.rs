@@ -38,6 +38,9 @@ pub struct ErrorRow {
     #[serde(with = "clickhouse::serde::uuid")]
     pub event_id: Uuid,
     pub application: String,
+    /// The nil UUID when the event names no valid session.
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub session_id: Uuid,
     pub error_type: String,
     pub reason: String,
     pub field_path: String,

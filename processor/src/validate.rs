@@ -114,6 +114,8 @@ pub struct ValidEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailedEvent {
     pub stamp: Stamp,
+    /// The session, when the event names a valid one (its failures count in its session).
+    pub session_id: Option<Uuid>,
     pub category: String,
     pub name: String,
     pub failure: Failure,
@@ -176,6 +178,7 @@ impl Validator {
                     .to_string()
             };
             FailedEvent {
+                session_id: Uuid::parse_str(&text("session_id")).ok(),
                 category: text("category"),
                 name: text("name"),
                 stamp,
@@ -350,6 +353,7 @@ impl Validator {
         };
         let failed = |failure: Failure| FailedEvent {
             stamp: fallback.clone(),
+            session_id: None,
             category: String::new(),
             name: String::new(),
             failure,
@@ -386,6 +390,7 @@ impl Validator {
         };
         let failed_with_stamp = |failure: Failure| FailedEvent {
             stamp: stamp.clone(),
+            session_id: Some(event.session_id),
             category: schema.category.clone(),
             name: schema.name.clone(),
             failure,

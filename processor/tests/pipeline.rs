@@ -668,6 +668,8 @@ async fn readme_queries_return_the_right_rows() {
          2021-01-01 09:20:00\t1\tpage interaction\tpageview\t/\n",
         "cta click\t2\npageview\t2\n",
         "form interaction\tsubmit\t1\npage interaction\tcta click\t1\npage interaction\tpageview\t2\n",
+        "direct\t0f6b1a7e-1111-4e4e-80b5-f1ffddc25423\t2021-01-01 10:30:00\t77400\t2\t/\t/\t0\t0\n\
+         direct\te2085be5-9137-4e4e-80b5-f1ffddc25423\t2021-01-01 09:15:27\t272.756141\t4\t/\t/\t1\t1\n",
         "invalid_session_id\t1\nunknown_event_type\t1\n",
         "direct\tpage interaction\tpageview\tinvalid_session_id\t2021-01-03 00:00:00\t1\t3\t0.25\n\
          direct\tpage interaction\tscroll\tunknown_event_type\t2021-01-03 00:00:00\t1\t0\t1\n",
@@ -938,5 +940,249 @@ async fn error_and_event_counts_are_exact_under_redelivery() {
         events.unwrap(),
         "shop\tpage interaction\tpageview\t2021-01-03 10:00:00\t10\n"
     );
+    processor.stop().await;
+}
+
+/// What a session should look like, computed in the test from the generated events.
+#[derive(Debug, Default, PartialEq)]
+struct ExpectedSession {
+    first_us: u64,
+    last_us: u64,
+    event_ids: std::collections::BTreeSet<Uuid>,
+    by_type: std::collections::BTreeMap<(String, String), u64>,
+    pageviews: Vec<(u64, String)>,
+    form_submitted: bool,
+    failed_ids: std::collections::BTreeSet<Uuid>,
+    last_received: u64,
+}
+
+/// Sessions computed independently from a generated stream (late, out-of-order, duplicated and
+/// failed events) equal what `session_summary` derives.
+#[tokio::test]
+async fn sessions_match_an_oracle_over_late_duplicated_and_failed_events() {
+    let setup = Setup::shared().await;
+    let processor = Processor::start(setup.config()).await;
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |bound: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % bound
+    };
+    let base_us: u64 = 1_609_492_527_000_000; // 2021-01-01 09:15:27 UTC
+    let kinds = [
+        ("page interaction", "pageview"),
+        ("page interaction", "cta click"),
+        ("form interaction", "submit"),
+    ];
+    let paths = ["/", "/pricing", "/reviews", "/contact", "/faq"];
+    let mut expected: std::collections::BTreeMap<(String, Uuid), ExpectedSession> =
+        Default::default();
+    let mut messages: Vec<RawMessage> = Vec::new();
+    for session_index in 0..25u64 {
+        let application = if session_index % 2 == 0 {
+            "shop"
+        } else {
+            "blog"
+        };
+        let session_id =
+            Uuid::from_u128(0x5e55_0000_0000_4000_8000_0000_0000_0000 + u128::from(session_index));
+        let session = expected
+            .entry((application.to_string(), session_id))
+            .or_default();
+        for event_index in 0..3 + next(10) {
+            let (category, name) = kinds[next(3) as usize];
+            let path = paths[next(5) as usize];
+            // Distinct times within a session; production order is shuffled below.
+            let at_us =
+                base_us + session_index * 3_600_000_000 + event_index * 7_000_000 + next(999_999);
+            let received_s = base_us / 1_000_000 + 86_400 + next(600);
+            let event_id =
+                Uuid::from_u128((u128::from(session_index) << 64) + u128::from(event_index) + 1);
+            let mut event = json!({
+                "session_id": session_id.to_string(),
+                "category": category,
+                "name": name,
+                "data": {"host": "h", "path": path},
+                "timestamp": chrono::DateTime::from_timestamp_micros(at_us as i64).unwrap().format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+            });
+            if name == "cta click" {
+                event["data"]["element"] = json!("button");
+            }
+            if name == "submit" {
+                event["data"]["form"] = json!({"email": "a@b.c"});
+            }
+            let failing = next(8) == 0;
+            if failing {
+                event["data"]["path"] = json!(404);
+                session.failed_ids.insert(event_id);
+            } else {
+                session.first_us = if session.event_ids.is_empty() {
+                    at_us
+                } else {
+                    session.first_us.min(at_us)
+                };
+                session.last_us = session.last_us.max(at_us);
+                session.event_ids.insert(event_id);
+                *session
+                    .by_type
+                    .entry((category.to_string(), name.to_string()))
+                    .or_default() += 1;
+                if name == "pageview" {
+                    session.pageviews.push((at_us, path.to_string()));
+                }
+                session.form_submitted |= name == "submit";
+            }
+            session.last_received = session.last_received.max(received_s);
+            let received_at = chrono::DateTime::from_timestamp(received_s as i64, 0)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let message: RawMessage = (
+                event.to_string().into_bytes(),
+                vec![
+                    ("eye.event_id", event_id.to_string()),
+                    ("eye.application", application.to_string()),
+                    ("eye.received_at", received_at),
+                ],
+            );
+            if next(10) == 0 {
+                messages.push(message.clone()); // duplicated
+            }
+            messages.push(message);
+        }
+    }
+    for index in (1..messages.len()).rev() {
+        messages.swap(index, next(index as u64 + 1) as usize);
+    }
+    // Half now, half later: the second half holds late events for sessions already stored.
+    let (first_half, second_half) = messages.split_at(messages.len() / 2);
+    setup.produce(first_half).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    setup.produce(second_half).await;
+
+    let valid: usize = expected
+        .values()
+        .map(|session| session.event_ids.len())
+        .sum();
+    let failed: usize = expected
+        .values()
+        .map(|session| session.failed_ids.len())
+        .sum();
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events FINAL",
+            valid as u64,
+            Duration::from_secs(60),
+        )
+        .await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.event_errors FINAL",
+            failed as u64,
+            Duration::from_secs(60),
+        )
+        .await;
+
+    let rows = setup.query(
+        "SELECT application, toString(session_id) AS session_id, \
+         toUInt64(start_time) * 1000000 + start_time_us AS first_us, toUInt64(end_time) * 1000000 + end_time_us AS last_us, \
+         event_count, events_by_type, entry_path, exit_path, distinct_pages, form_submitted, error_count, \
+         toUInt64(last_update) AS last_update FROM {db}.session_summary ORDER BY application, session_id FORMAT JSONEachRow",
+    );
+    let actual: Vec<Value> = rows
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let with_events: Vec<_> = expected
+        .iter()
+        .filter(|(_, session)| !session.event_ids.is_empty())
+        .collect();
+    assert_eq!(
+        actual.len(),
+        with_events.len(),
+        "one row per session with valid events"
+    );
+    for ((application, session_id), session) in with_events {
+        let row = actual
+            .iter()
+            .find(|row| {
+                row["application"] == application.as_str()
+                    && row["session_id"] == session_id.to_string()
+            })
+            .unwrap_or_else(|| panic!("session {application}/{session_id} missing"));
+        let number = |key: &str| {
+            row[key]
+                .as_u64()
+                .or_else(|| row[key].as_str().and_then(|text| text.parse().ok()))
+                .unwrap()
+        };
+        let mut pageviews = session.pageviews.clone();
+        pageviews.sort();
+        let distinct: std::collections::BTreeSet<&String> =
+            pageviews.iter().map(|(_, path)| path).collect();
+        let by_type: Vec<Value> = session
+            .by_type
+            .iter()
+            .map(|((category, name), count)| json!([category, name, count]))
+            .collect();
+        assert_eq!(number("first_us"), session.first_us, "{session_id} start");
+        assert_eq!(number("last_us"), session.last_us, "{session_id} end");
+        assert_eq!(
+            number("event_count"),
+            session.event_ids.len() as u64,
+            "{session_id} count"
+        );
+        let actual_by_type: Vec<Value> = row["events_by_type"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| {
+                json!([
+                    entry[0],
+                    entry[1],
+                    entry[2]
+                        .as_u64()
+                        .or_else(|| entry[2].as_str().and_then(|text| text.parse().ok()))
+                ])
+            })
+            .collect();
+        assert_eq!(actual_by_type, by_type, "{session_id} by type");
+        assert_eq!(
+            row["entry_path"],
+            pageviews
+                .first()
+                .map(|(_, path)| path.as_str())
+                .unwrap_or(""),
+            "{session_id} entry"
+        );
+        assert_eq!(
+            row["exit_path"],
+            pageviews
+                .last()
+                .map(|(_, path)| path.as_str())
+                .unwrap_or(""),
+            "{session_id} exit"
+        );
+        assert_eq!(
+            number("distinct_pages"),
+            distinct.len() as u64,
+            "{session_id} pages"
+        );
+        assert_eq!(
+            number("form_submitted"),
+            u64::from(session.form_submitted),
+            "{session_id} form"
+        );
+        assert_eq!(
+            number("error_count"),
+            session.failed_ids.len() as u64,
+            "{session_id} errors"
+        );
+        assert_eq!(
+            number("last_update"),
+            session.last_received,
+            "{session_id} last update"
+        );
+    }
     processor.stop().await;
 }

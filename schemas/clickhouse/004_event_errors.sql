@@ -4,6 +4,8 @@ CREATE TABLE IF NOT EXISTS event_errors
 (
     event_id UUID,
     application String,
+    -- The event's session when it names a valid one, else the nil UUID.
+    session_id UUID,
     error_type String,
     reason String,
     field_path String,
