@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::config::ProcessorConfig;
 use crate::dead_letter::{DeadLetterSink, FailedMessage};
-use crate::sink::{ClickHouseSink, ErrorRow, EventRow, SinkError};
+use crate::sink::{ClickHouseSink, ErrorRow, EventRow, SinkError, WatermarkRow};
 use crate::validate::{Envelope, ErrorType, FailedEvent, ValidEvent, Validator};
 use eye_core::timestamp::split_seconds;
 
@@ -42,6 +42,8 @@ struct Progress {
     batch: Batch,
     /// Per partition, the offset after the last message written to ClickHouse and stored.
     stored: BTreeMap<i32, i64>,
+    /// Per partition, the end of the log as of the last statistics.
+    high_watermarks: BTreeMap<i32, i64>,
 }
 
 /// The consumer's context: reports lag, and lets go of revoked partitions (see the module doc).
@@ -52,12 +54,20 @@ pub struct PipelineContext {
 
 impl ClientContext for PipelineContext {
     fn stats(&self, stats: Statistics) {
-        if let Some(topic) = stats.topics.get(&self.topic) {
-            for (partition, state) in &topic.partitions {
-                if *partition >= 0 && state.consumer_lag >= 0 {
-                    gauge!("eye_processor_consumer_lag", "partition" => partition.to_string())
-                        .set(state.consumer_lag as f64);
-                }
+        let Some(topic) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        let mut progress = lock(&self.progress);
+        for (&partition, state) in &topic.partitions {
+            if partition < 0 {
+                continue;
+            }
+            if state.consumer_lag >= 0 {
+                gauge!("eye_processor_consumer_lag", "partition" => partition.to_string())
+                    .set(state.consumer_lag as f64);
+            }
+            if state.hi_offset >= 0 {
+                progress.high_watermarks.insert(partition, state.hi_offset);
             }
         }
     }
@@ -74,15 +84,21 @@ impl ConsumerContext for PipelineContext {
             .iter()
             .map(|element| element.partition())
             .collect();
-        let mut progress = lock(&self.progress);
-        let released = progress.batch.release(&revoked);
         let mut written = TopicPartitionList::new();
-        for partition in &revoked {
-            if let Some(offset) = progress.stored.remove(partition) {
-                let _ =
-                    written.add_partition_offset(&self.topic, *partition, Offset::Offset(offset));
+        let released = {
+            let mut progress = lock(&self.progress);
+            for partition in &revoked {
+                if let Some(offset) = progress.stored.remove(partition) {
+                    let _ = written.add_partition_offset(
+                        &self.topic,
+                        *partition,
+                        Offset::Offset(offset),
+                    );
+                }
             }
-        }
+            progress.batch.release(&revoked)
+        };
+        // Committed without holding the lock: a synchronous commit may serve other callbacks.
         if written.count() > 0 {
             if let Err(error) = consumer.commit(&written, CommitMode::Sync) {
                 warn!(%error, "committing offsets of revoked partitions");
@@ -172,7 +188,7 @@ impl Pipeline {
                 "session.timeout.ms",
                 config.consumer.session_timeout_ms.to_string(),
             )
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", "1000");
         for (key, value) in &config.kafka.librdkafka {
             client.set(key, value);
         }
@@ -311,7 +327,51 @@ impl Pipeline {
         self.dead_letters
             .publish(batch.errors.iter())
             .await
-            .map_err(SinkError::DeadLetter)
+            .map_err(SinkError::DeadLetter)?;
+        self.sink
+            .insert_watermarks(self.watermarks(batch).iter())
+            .await
+    }
+
+    /// One progress report per partition of the batch, for `ingest_watermarks`.
+    fn watermarks(&self, batch: &Batch) -> Vec<WatermarkRow> {
+        let high_watermarks = lock(&self.progress).high_watermarks.clone();
+        let updated_at = Utc::now().timestamp() as u32;
+        batch
+            .next_offsets
+            .iter()
+            .map(|(&partition, &next_offset)| {
+                let events = batch
+                    .events
+                    .iter()
+                    .filter(|row| row.kafka_partition == partition);
+                let errors = batch
+                    .errors
+                    .iter()
+                    .filter(|failed| failed.row.kafka_partition == partition);
+                let event_time = events.clone().map(|row| row.timestamp).max().unwrap_or(0);
+                let received_time = events
+                    .map(|row| row.received_at)
+                    .chain(errors.map(|failed| failed.row.received_at))
+                    .max()
+                    .unwrap_or(0);
+                let high_watermark = high_watermarks
+                    .get(&partition)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(next_offset);
+                WatermarkRow {
+                    topic: self.config.consumer.topic.clone(),
+                    partition,
+                    next_offset,
+                    high_watermark,
+                    lag: high_watermark - next_offset,
+                    event_time,
+                    received_time,
+                    updated_at,
+                }
+            })
+            .collect()
     }
 
     /// After ClickHouse refused a batch for its data: each event row it refuses on its own

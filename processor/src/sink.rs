@@ -56,6 +56,21 @@ pub struct ErrorRow {
     pub kafka_offset: i64,
 }
 
+/// A progress report for one raw-topic partition, into `watermark_updates`.
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct WatermarkRow {
+    pub topic: String,
+    pub partition: i32,
+    /// Every message before this offset is written.
+    pub next_offset: i64,
+    pub high_watermark: i64,
+    pub lag: i64,
+    /// Latest event time and received time written from the partition (0 when none).
+    pub event_time: u32,
+    pub received_time: u32,
+    pub updated_at: u32,
+}
+
 /// RowBinary writes a `String` as length + bytes, which is what a byte slice serialises to.
 mod serde_bytes_as_string {
     pub fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
@@ -176,6 +191,13 @@ impl ClickHouseSink {
         rows: impl ExactSizeIterator<Item = &'a ErrorRow>,
     ) -> Result<(), SinkError> {
         self.insert("event_errors", rows).await
+    }
+
+    pub async fn insert_watermarks<'a>(
+        &self,
+        rows: impl ExactSizeIterator<Item = &'a WatermarkRow>,
+    ) -> Result<(), SinkError> {
+        self.insert("watermark_updates", rows).await
     }
 
     async fn insert<'r, T>(

@@ -670,6 +670,7 @@ async fn readme_queries_return_the_right_rows() {
         "form interaction\tsubmit\t1\npage interaction\tcta click\t1\npage interaction\tpageview\t2\n",
         "direct\t0f6b1a7e-1111-4e4e-80b5-f1ffddc25423\t2021-01-01 10:30:00\t77400\t2\t/\t/\t0\t0\n\
          direct\te2085be5-9137-4e4e-80b5-f1ffddc25423\t2021-01-01 09:15:27\t272.756141\t4\t/\t/\t1\t1\n",
+        "__TOPIC__\t8\t0\t2021-01-03 00:00:10\n",
         "invalid_session_id\t1\nunknown_event_type\t1\n",
         "direct\tpage interaction\tpageview\tinvalid_session_id\t2021-01-03 00:00:00\t1\t3\t0.25\n\
          direct\tpage interaction\tscroll\tunknown_event_type\t2021-01-03 00:00:00\t1\t0\t1\n",
@@ -678,6 +679,7 @@ async fn readme_queries_return_the_right_rows() {
     for (query, expected) in queries.iter().zip(expected) {
         let sql =
             format!("{} FORMAT TSV", query.trim()).replace("eye.", &format!("{}.", setup.database));
+        let expected = expected.replace("__TOPIC__", &setup.topic);
         assert_eq!(setup.clickhouse.query(&sql).unwrap(), expected, "{query}");
     }
     processor.stop().await;
@@ -1184,5 +1186,55 @@ async fn sessions_match_an_oracle_over_late_duplicated_and_failed_events() {
             "{session_id} last update"
         );
     }
+    processor.stop().await;
+}
+
+/// `ingest_watermarks` says, per partition, how far the data is written and how recent it is.
+#[tokio::test]
+async fn watermarks_report_written_offsets_and_latest_times_per_partition() {
+    let setup = Setup::shared().await;
+    let processor = Processor::start(setup.config()).await;
+    let messages: Vec<RawMessage> = (0..40)
+        .map(|index| {
+            let mut event = reference("pageview");
+            event["timestamp"] = json!(format!("2021-01-01 09:00:{:02}", index));
+            if index == 39 {
+                event["data"]["path"] = json!(0);
+            }
+            let received_at = format!("2021-01-02T00:00:{:02}.000000Z", index);
+            (
+                event.to_string().into_bytes(),
+                vec![("eye.received_at", received_at)],
+            )
+        })
+        .collect();
+    setup.produce(&messages).await;
+    setup
+        .wait_for_count(
+            "SELECT sum(committed_offset) FROM {db}.ingest_watermarks",
+            40,
+            Duration::from_secs(60),
+        )
+        .await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.event_errors FINAL",
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+    let watermarks = setup.query(
+        "SELECT partition, committed_offset, lag, event_time_watermark, received_time_watermark \
+         FROM {db}.ingest_watermarks ORDER BY partition FORMAT TSV",
+    );
+    // The same figures computed from the rows themselves (the failed event counts for received
+    // time, not for event time).
+    let from_rows = setup.query(
+        "SELECT kafka_partition, max(kafka_offset) + 1, 0, max(event_time), max(received) FROM \
+         (SELECT kafka_partition, kafka_offset, timestamp AS event_time, received_at AS received FROM {db}.events FINAL \
+          UNION ALL SELECT kafka_partition, kafka_offset, toDateTime(0, 'UTC'), received_at FROM {db}.event_errors FINAL) \
+         GROUP BY kafka_partition ORDER BY kafka_partition FORMAT TSV",
+    );
+    assert_eq!(watermarks, from_rows);
     processor.stop().await;
 }
