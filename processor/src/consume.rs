@@ -485,15 +485,23 @@ fn envelope_of(message: &BorrowedMessage<'_>, default_application: &str) -> Enve
         })
         // Kafka stamps every message since 0.10; a message without a time is judged by now.
         .unwrap_or_else(Utc::now);
-    let derived = format!(
-        "{}/{}/{}",
-        message.topic(),
-        message.partition(),
-        message.offset()
-    );
+    let event_id = header(EVENT_ID_HEADER).and_then(|text| Uuid::parse_str(&text).ok());
+    // Hashed only when no header carries an id (the bridge always sets one).
+    let derived_event_id = match event_id {
+        Some(_) => Uuid::nil(),
+        None => {
+            let derived = format!(
+                "{}/{}/{}",
+                message.topic(),
+                message.partition(),
+                message.offset()
+            );
+            Uuid::new_v5(&DERIVED_EVENT_ID_NAMESPACE, derived.as_bytes())
+        }
+    };
     Envelope {
-        event_id: header(EVENT_ID_HEADER).and_then(|text| Uuid::parse_str(&text).ok()),
-        derived_event_id: Uuid::new_v5(&DERIVED_EVENT_ID_NAMESPACE, derived.as_bytes()),
+        event_id,
+        derived_event_id,
         received_at,
         application: header(APPLICATION_HEADER).unwrap_or_else(|| default_application.to_string()),
     }

@@ -126,7 +126,8 @@ pub struct FailedEvent {
 pub struct Envelope {
     /// The bridge's `eye.event_id` header, if any.
     pub event_id: Option<Uuid>,
-    /// Used when neither a header nor the event itself carries an id.
+    /// Used when neither a header nor the event itself carries an id (nil when the header
+    /// carries one: it is then never used).
     pub derived_event_id: Uuid,
     pub received_at: DateTime<Utc>,
     pub application: String,
@@ -306,9 +307,8 @@ impl Validator {
                 format!("no schema for category {category:?} and name {name:?}"),
             )
         })?;
-        let data_value = Json::Object(data.clone());
         let mut path = String::from("data");
-        let avro = json_to_avro(&data_value, &schema.data, &mut path).map_err(Failure::from)?;
+        let avro = json_to_avro(&object["data"], &schema.data, &mut path).map_err(Failure::from)?;
         avro.resolve(&schema.data).map_err(|err| {
             Failure::new(
                 ErrorType::InvalidData,
