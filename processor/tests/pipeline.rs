@@ -491,7 +491,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let config = setup.config();
     let logs = tempfile::tempdir().unwrap();
     let log_file = |name: &str| logs.path().join(format!("{name}.log"));
-    let spawn = |name: &str| -> Child {
+    let spawn = |name: &str| -> KillOnDrop {
         let health_port = free_port();
         let log = std::fs::File::create(log_file(name)).unwrap();
         Command::new(env!("CARGO_BIN_EXE_eye-processor"))
@@ -507,9 +507,10 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(KillOnDrop)
             .unwrap()
     };
-    let mut first = spawn("first");
+    let first = spawn("first");
     let deadline = Instant::now() + Duration::from_secs(120);
     while setup
         .clickhouse
@@ -525,8 +526,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    drop(first);
     let written_before_kill = setup.count("SELECT count() FROM {db}.events")
         + setup.count("SELECT count() FROM {db}.event_errors");
     assert!(
@@ -534,7 +534,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
         "killed mid-stream ({written_before_kill} written)"
     );
 
-    let mut second = spawn("second");
+    let second = spawn("second");
     let total = "SELECT (SELECT count() FROM {db}.events FINAL) + (SELECT count() FROM {db}.event_errors FINAL)";
     let deadline = Instant::now() + Duration::from_secs(300);
     while setup.count(total) != EVENTS as u64 {
@@ -574,8 +574,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    second.kill().unwrap();
-    second.wait().unwrap();
+    drop(second);
 
     assert_eq!(
         setup.count("SELECT count() FROM {db}.events FINAL"),
@@ -987,6 +986,16 @@ async fn error_and_event_counts_are_exact_under_redelivery() {
         "shop\tpage interaction\tpageview\t2021-01-03 10:00:00\t10\n"
     );
     processor.stop().await;
+}
+
+/// A processor process that is killed (SIGKILL) when dropped, also when a test fails.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// What a session should look like, computed in the test from the generated events.
