@@ -815,7 +815,8 @@ fn read_dead_letters(
     }
     consumer.assign(&assignment).unwrap();
     let mut messages = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Generous: a dead-letter publish that fails is retried with backoff (up to 30 s a step).
+    let deadline = Instant::now() + Duration::from_secs(150);
     let mut settle_until: Option<Instant> = None;
     while Instant::now() < deadline && settle_until.is_none_or(|until| Instant::now() < until) {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
