@@ -697,6 +697,14 @@ async fn readme_queries_return_the_right_rows() {
             Duration::from_secs(60),
         )
         .await;
+    // Progress reports are written after the rows of their batch.
+    setup
+        .wait_for_count(
+            "SELECT sum(committed_offset) FROM {db}.ingest_watermarks",
+            8,
+            Duration::from_secs(60),
+        )
+        .await;
 
     let readme = std::fs::read_to_string(repo("README.md")).unwrap();
     let queries: Vec<&str> = readme
