@@ -23,7 +23,7 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::Value as Json;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::config::ProcessorConfig;
@@ -76,8 +76,16 @@ impl ClientContext for PipelineContext {
 impl ConsumerContext for PipelineContext {
     // Runs inside `recv()`, never while a batch is being written: the loop does one at a time.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else {
-            return;
+        let revoked = match rebalance {
+            Rebalance::Revoke(revoked) => revoked,
+            Rebalance::Assign(assigned) => {
+                info!(assigned = ?assigned.elements_for_topic(&self.topic).iter().map(|element| element.partition()).collect::<Vec<_>>(), "partitions assigned");
+                return;
+            }
+            Rebalance::Error(error) => {
+                warn!(%error, "rebalance failed");
+                return;
+            }
         };
         let revoked: Vec<i32> = revoked
             .elements_for_topic(&self.topic)
@@ -137,6 +145,27 @@ struct Batch {
 impl Batch {
     fn len(&self) -> usize {
         self.events.len() + self.errors.len()
+    }
+
+    /// Per partition, the lowest offset the batch holds.
+    fn first_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut first = BTreeMap::new();
+        let offsets = self
+            .events
+            .iter()
+            .map(|row| (row.kafka_partition, row.kafka_offset))
+            .chain(
+                self.errors
+                    .iter()
+                    .map(|failed| (failed.row.kafka_partition, failed.row.kafka_offset)),
+            );
+        for (partition, offset) in offsets {
+            first
+                .entry(partition)
+                .and_modify(|lowest: &mut i64| *lowest = (*lowest).min(offset))
+                .or_insert(offset);
+        }
+        first
     }
 
     /// Drops the rows and offsets of `partitions`; returns how many rows went.
@@ -314,6 +343,13 @@ impl Pipeline {
         self.sink_healthy.store(true, Ordering::Relaxed);
         histogram!("eye_processor_insert_seconds").record(started.elapsed().as_secs_f64());
         histogram!("eye_processor_batch_events").record(batch.len() as f64);
+        debug!(
+            events = batch.events.len(),
+            errors = batch.errors.len(),
+            first_offsets = ?batch.first_offsets(),
+            next_offsets = ?batch.next_offsets,
+            "batch written"
+        );
         self.store_offsets(&batch.next_offsets);
         true
     }

@@ -115,13 +115,21 @@ impl Setup {
     }
 
     async fn produce(&self, messages: &[RawMessage]) {
-        let producer: FutureProducer = ClientConfig::new()
+        self.produce_with(messages, &[]).await
+    }
+
+    /// Produces with extra producer settings (`(key, value)` pairs of librdkafka).
+    async fn produce_with(&self, messages: &[RawMessage], settings: &[(&str, &str)]) {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &self.bootstrap)
             .set("linger.ms", "20")
             .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "2000000")
-            .create()
-            .unwrap();
+            .set("queue.buffering.max.kbytes", "2000000");
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
+        let producer: FutureProducer = config.create().unwrap();
         let mut deliveries = Vec::new();
         for (index, (payload, headers)) in messages.iter().enumerate() {
             let mut owned = OwnedHeaders::new();
@@ -256,12 +264,16 @@ async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_micro
         );
     }
     assert_eq!(setup.count("SELECT count() FROM {db}.event_errors"), 0);
-    // The session table holds the same events, in time order for one session.
+    // The session table holds the same events. Waited for: ClickHouse makes an insert's rows
+    // visible in `events` before its materialized views have written theirs.
     let session_id = events[0]["session_id"].as_str().unwrap();
-    assert_eq!(
-        setup.count(&format!("SELECT count() FROM {{db}}.events_by_session FINAL WHERE session_id = toUUID('{session_id}')")),
-        3
-    );
+    setup
+        .wait_for_count(
+            &format!("SELECT count() FROM {{db}}.events_by_session FINAL WHERE session_id = toUUID('{session_id}')"),
+            3,
+            Duration::from_secs(10),
+        )
+        .await;
 
     processor.stop().await;
     let _ = stop_ingest.send(());
@@ -461,14 +473,15 @@ async fn each_failure_reason_lands_in_event_errors_and_nothing_in_events() {
 
 /// 100k events, 5% invalid, with the processor killed (SIGKILL) mid-stream and restarted.
 ///
-/// Ignored until the defect it found is fixed: run beside the other pipeline tests, the failure
-/// rows of the batch being written at the kill (e.g. partition 3, offsets 17880–18225) were missing
-/// from `event_errors` while their events were there, in 4 of 7 loaded runs. Run it with
-/// `cargo dev test -- --ignored sigkill`.
+/// Two tansu 0.6 defects shape it (docs/benchmarks.md, "tansu findings"): its memory engine answers
+/// a fetch from an offset inside a record batch with the *next* batch, so the events are produced
+/// one per batch (a consumer resuming from a committed offset mid-batch would skip messages; the
+/// sqlite engine, which does not, stops answering under this load); and the restart waits out the
+/// dead member's session (below).
 #[tokio::test]
-#[ignore = "finds missing event_errors rows after a SIGKILL under load; see the doc comment"]
 async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     const EVENTS: usize = 100_000;
+    const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
     let broker = OwnedBroker::start_with(Storage::Memory);
     let setup = Setup::new(&broker.bootstrap(), &services().clickhouse).await;
     let template = reference("pageview");
@@ -486,7 +499,9 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
             vec![("eye.event_id", Uuid::now_v7().to_string())],
         ));
     }
-    setup.produce(&messages).await;
+    setup
+        .produce_with(&messages, &[("batch.num.messages", "1")])
+        .await;
 
     let config = setup.config();
     let logs = tempfile::tempdir().unwrap();
@@ -502,8 +517,12 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
             .env("EYE_CLICKHOUSE__URL", &config.clickhouse.url)
             .env("EYE_CLICKHOUSE__DATABASE", &config.clickhouse.database)
             .env("EYE_BATCH__MAX_EVENTS", "5000")
-            .env("EYE_CONSUMER__SESSION_TIMEOUT_MS", "6000")
+            .env(
+                "EYE_CONSUMER__SESSION_TIMEOUT_MS",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
             .env("EYE_SCHEMAS_DIR", &config.schemas_dir)
+            .env("RUST_LOG", "info,eye_processor=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -533,6 +552,9 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
         written_before_kill < EVENTS as u64,
         "killed mid-stream ({written_before_kill} written)"
     );
+    // tansu 0.6 may make a dead member that is still within its session the group's leader; the
+    // new member then gets no partitions and no rebalance follows. Real Kafka does not need this.
+    tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(1)).await;
 
     let second = spawn("second");
     let total = "SELECT (SELECT count() FROM {db}.events FINAL) + (SELECT count() FROM {db}.event_errors FINAL)";
