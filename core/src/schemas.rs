@@ -108,6 +108,56 @@ impl EventSchema {
     }
 }
 
+/// The schema of a topic we publish (alerts, session updates): one `.avsc` file, messages in
+/// Avro single-object encoding.
+#[derive(Debug, Clone)]
+pub struct TopicSchema {
+    pub file: PathBuf,
+    pub schema: Schema,
+    /// The 10-byte single-object header: marker and fingerprint of `schema`.
+    pub single_object_header: [u8; 10],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not this schema's single-object encoding (header {0:02x?})")]
+    Header(Vec<u8>),
+    #[error(transparent)]
+    Avro(#[from] apache_avro::Error),
+}
+
+impl TopicSchema {
+    pub fn load(file: &Path) -> Result<Self, SchemaError> {
+        let schema = Schema::parse(&read_json(file)?).map_err(|err| invalid(file, err))?;
+        let single_object_header = RabinFingerprintHeader::from_schema(&schema)
+            .build_header()
+            .try_into()
+            .map_err(|_| invalid(file, "unexpected single-object header length"))?;
+        Ok(Self {
+            file: file.to_path_buf(),
+            schema,
+            single_object_header,
+        })
+    }
+
+    /// `value` in single-object encoding; fails when it does not match the schema.
+    pub fn encode(&self, value: Avro) -> Result<Vec<u8>, apache_avro::Error> {
+        let mut bytes = self.single_object_header.to_vec();
+        bytes.extend(apache_avro::to_avro_datum(&self.schema, value)?);
+        Ok(bytes)
+    }
+
+    /// A message of this schema back into a value.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Avro, DecodeError> {
+        match bytes.split_at_checked(10) {
+            Some((header, mut datum)) if header == self.single_object_header => {
+                Ok(apache_avro::from_avro_datum(&self.schema, &mut datum, None)?)
+            }
+            _ => Err(DecodeError::Header(bytes.iter().take(10).copied().collect())),
+        }
+    }
+}
+
 /// Every event type's schemas, by (category, name) and by fingerprint.
 #[derive(Debug, Clone)]
 pub struct SchemaRegistry {

@@ -6,6 +6,7 @@ use eye_core::raw::DEFAULT_RAW_TOPIC;
 use eye_core::settings::KafkaSettings;
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertSettings;
 use crate::dead_letter::DeadLetterSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,6 +20,7 @@ pub struct ProcessorConfig {
     pub clickhouse: ClickHouseSettings,
     pub dead_letter: DeadLetterSettings,
     pub validation: ValidationSettings,
+    pub alerts: AlertSettings,
     /// Directory holding `avro/` (event schemas) and `clickhouse/` (table DDL).
     pub schemas_dir: PathBuf,
 }
@@ -33,6 +35,7 @@ impl Default for ProcessorConfig {
             clickhouse: ClickHouseSettings::default(),
             dead_letter: DeadLetterSettings::default(),
             validation: ValidationSettings::default(),
+            alerts: AlertSettings::default(),
             schemas_dir: "schemas".into(),
         }
     }

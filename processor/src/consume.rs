@@ -6,7 +6,7 @@
 //! already written are committed: the partitions' new owner starts right after what is in
 //! ClickHouse, so a rebalance neither loses nor duplicates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +35,9 @@ use eye_core::timestamp::split_seconds;
 /// Namespace of the event ids derived from a message's topic, partition and offset.
 const DERIVED_EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c0e_92d4_4c6b_b1e8_5e7d_0c2a_9f41);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often caught-up partitions are reported to `ingest_watermarks` while no batch is written,
+/// so an idle partition does not hold back how far the data is known to be complete.
+const IDLE_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the consume loop and the rebalance callback share.
 #[derive(Default)]
@@ -44,12 +47,25 @@ struct Progress {
     stored: BTreeMap<i32, i64>,
     /// Per partition, the end of the log as of the last statistics.
     high_watermarks: BTreeMap<i32, i64>,
+    assigned: BTreeSet<i32>,
+    /// Assigned partitions written up to the end of their log, as of the last statistics: the
+    /// end offset.
+    caught_up: BTreeMap<i32, i64>,
 }
 
 /// The consumer's context: reports lag, and lets go of revoked partitions (see the module doc).
 pub struct PipelineContext {
     topic: String,
     progress: Arc<Mutex<Progress>>,
+    /// Whether this processor owns partition 0, and so judges the alert rules.
+    owns_first_partition: Arc<AtomicBool>,
+}
+
+impl PipelineContext {
+    fn set_assigned(&self, progress: &mut Progress) {
+        self.owns_first_partition
+            .store(progress.assigned.contains(&0), Ordering::Relaxed);
+    }
 }
 
 impl ClientContext for PipelineContext {
@@ -69,6 +85,15 @@ impl ClientContext for PipelineContext {
             if state.hi_offset >= 0 {
                 progress.high_watermarks.insert(partition, state.hi_offset);
             }
+            let caught_up = state.hi_offset >= 0
+                && (state.consumer_lag_stored == 0
+                    || state.consumer_lag == 0
+                    || state.hi_offset == state.lo_offset);
+            if caught_up && progress.assigned.contains(&partition) {
+                progress.caught_up.insert(partition, state.hi_offset);
+            } else {
+                progress.caught_up.remove(&partition);
+            }
         }
     }
 }
@@ -79,7 +104,15 @@ impl ConsumerContext for PipelineContext {
         let revoked = match rebalance {
             Rebalance::Revoke(revoked) => revoked,
             Rebalance::Assign(assigned) => {
-                info!(assigned = ?assigned.elements_for_topic(&self.topic).iter().map(|element| element.partition()).collect::<Vec<_>>(), "partitions assigned");
+                let assigned: BTreeSet<i32> = assigned
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|element| element.partition())
+                    .collect();
+                info!(?assigned, "partitions assigned");
+                let mut progress = lock(&self.progress);
+                progress.assigned.extend(assigned);
+                self.set_assigned(&mut progress);
                 return;
             }
             Rebalance::Error(error) => {
@@ -96,6 +129,8 @@ impl ConsumerContext for PipelineContext {
         let released = {
             let mut progress = lock(&self.progress);
             for partition in &revoked {
+                progress.assigned.remove(partition);
+                progress.caught_up.remove(partition);
                 if let Some(offset) = progress.stored.remove(partition) {
                     let _ = written.add_partition_offset(
                         &self.topic,
@@ -104,6 +139,7 @@ impl ConsumerContext for PipelineContext {
                     );
                 }
             }
+            self.set_assigned(&mut progress);
             progress.batch.release(&revoked)
         };
         // Committed without holding the lock: a synchronous commit may serve other callbacks.
@@ -192,6 +228,7 @@ pub struct Pipeline {
     config: ProcessorConfig,
     progress: Arc<Mutex<Progress>>,
     sink_healthy: Arc<AtomicBool>,
+    owns_first_partition: Arc<AtomicBool>,
 }
 
 impl Pipeline {
@@ -222,10 +259,12 @@ impl Pipeline {
             client.set(key, value);
         }
         let progress = Arc::new(Mutex::new(Progress::default()));
+        let owns_first_partition = Arc::new(AtomicBool::new(false));
         let consumer: StreamConsumer<PipelineContext> =
             client.create_with_context(PipelineContext {
                 topic: config.consumer.topic.clone(),
                 progress: progress.clone(),
+                owns_first_partition: owns_first_partition.clone(),
             })?;
         consumer.subscribe(&[&config.consumer.topic])?;
         Ok(Self {
@@ -236,13 +275,20 @@ impl Pipeline {
             config,
             progress,
             sink_healthy,
+            owns_first_partition,
         })
+    }
+
+    /// True while this processor owns partition 0 of the raw topic.
+    pub fn owns_first_partition(&self) -> Arc<AtomicBool> {
+        self.owns_first_partition.clone()
     }
 
     /// Runs until `shutdown` resolves, then writes what it holds and commits synchronously.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let max_wait = Duration::from_millis(self.config.batch.max_wait_ms);
+        let mut idle_reports = tokio::time::interval(IDLE_REPORT_INTERVAL);
         loop {
             let deadline = lock(&self.progress)
                 .batch
@@ -256,6 +302,7 @@ impl Pipeline {
                         break;
                     }
                 }
+                _ = idle_reports.tick(), if deadline.is_none() => self.report_idle().await,
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
                         let full = {
@@ -408,6 +455,31 @@ impl Pipeline {
                 }
             })
             .collect()
+    }
+
+    /// Reports each caught-up partition as written to its end, now.
+    async fn report_idle(&self) {
+        let rows: Vec<WatermarkRow> = {
+            let progress = lock(&self.progress);
+            let updated_at = Utc::now().timestamp() as u32;
+            progress
+                .caught_up
+                .iter()
+                .map(|(&partition, &end)| WatermarkRow {
+                    topic: self.config.consumer.topic.clone(),
+                    partition,
+                    next_offset: end,
+                    high_watermark: end,
+                    lag: 0,
+                    event_time: 0,
+                    received_time: 0,
+                    updated_at,
+                })
+                .collect()
+        };
+        if let Err(error) = self.sink.insert_watermarks(rows.iter()).await {
+            warn!(%error, "reporting idle partitions");
+        }
     }
 
     /// After ClickHouse refused a batch for its data: each event row it refuses on its own

@@ -3,8 +3,10 @@
 //!
 //! Follow an event: [`consume`] (Kafka, batching, offsets) → [`validate`] (schemas from
 //! `eye_core::schemas`, timestamps from `eye_core::timestamp`) → [`sink`] (ClickHouse), and
-//! for failures also [`dead_letter`] (the dead-letter topic).
+//! for failures also [`dead_letter`] (the dead-letter topic). [`alerts`] judges the failure
+//! counts in ClickHouse and publishes the error-alert topic.
 
+pub mod alerts;
 pub mod config;
 pub mod consume;
 pub mod dead_letter;
@@ -19,11 +21,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use eye_core::schemas::{SchemaError, SchemaRegistry};
+use eye_core::schemas::{SchemaError, SchemaRegistry, TopicSchema};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::alerts::{AlertError, AlertEvaluator};
 use crate::config::ProcessorConfig;
 use crate::consume::{Pipeline, PipelineError};
 use crate::dead_letter::DeadLetterSink;
@@ -38,8 +41,10 @@ pub enum StartError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    #[error("creating the dead-letter topic: {0}")]
-    DeadLetterTopic(#[from] eye_core::kafka::TopicError),
+    #[error("creating the dead-letter and alert topics: {0}")]
+    Topics(#[from] eye_core::kafka::TopicError),
+    #[error(transparent)]
+    Alerts(#[from] AlertError),
     #[error(transparent)]
     Metrics(#[from] eye_core::telemetry::MetricsError),
     #[error("serving health endpoints: {0}")]
@@ -70,6 +75,13 @@ pub async fn run(
         config.dead_letter.partitions,
     )
     .await?;
+    eye_core::kafka::create_topics(
+        &config.kafka.brokers,
+        &[&config.alerts.topic],
+        config.alerts.partitions,
+    )
+    .await?;
+    let alert_schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/alert.avsc"))?;
     let dead_letters =
         DeadLetterSink::new(&config.kafka, &config.dead_letter, &config.consumer.topic)
             .map_err(PipelineError::Kafka)?;
@@ -79,9 +91,27 @@ pub async fn run(
         metrics: eye_core::telemetry::prometheus()?,
     };
     info!(address = %listener.local_addr()?, topic = %config.consumer.topic, "processor starting");
+    let alerts = (!config.alerts.rules.is_empty())
+        .then(|| {
+            AlertEvaluator::new(
+                config.alerts.clone(),
+                &config.kafka,
+                &config.consumer.topic,
+                sink.client(),
+                alert_schema,
+            )
+        })
+        .transpose()?;
     let pipeline = Pipeline::new(config, validator, sink, dead_letters, sink_healthy)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let alerts = alerts.map(|alerts| {
+        let alerts = alerts.owned_by(pipeline.owns_first_partition());
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(alerts.run(async move {
+            let _ = stop_rx.wait_for(|stopped| *stopped).await;
+        }))
+    });
     let server = tokio::spawn(async move {
         let mut stop_rx = stop_rx;
         axum::serve(listener, health.router())
@@ -93,6 +123,9 @@ pub async fn run(
     pipeline.run(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if let Some(alerts) = alerts {
+        let _ = alerts.await;
+    }
     Ok(())
 }
 

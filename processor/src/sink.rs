@@ -171,6 +171,11 @@ impl ClickHouseSink {
         Ok(())
     }
 
+    /// The client, for queries of the derived tables (alert rules).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     pub async fn ping(&self) -> bool {
         self.client
             .query("SELECT 1")

@@ -2,196 +2,24 @@
 //! as exactly one row, in `events` or in `event_errors`, across crashes and outages.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use eye_core::kafka::create_topics;
 use eye_devenv::broker::Storage;
-use eye_devenv::clickhouse::ClickHouseServer;
 use eye_devenv::free_port;
 use eye_devenv::testing::{services, unique_name, OwnedBroker, OwnedClickHouse};
 use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig};
 use eye_ingest::routes::Accepted;
-use eye_processor::config::ProcessorConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::Message;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-const PARTITIONS: i32 = 4;
+mod common;
+use common::*;
 
-/// A message value and its headers.
-type RawMessage = (Vec<u8>, Vec<(&'static str, String)>);
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
-
-fn reference(name: &str) -> Value {
-    let path = repo(&format!("../shared/examples/{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// A fresh topic and a fresh database, on the given services.
-struct Setup {
-    bootstrap: String,
-    topic: String,
-    clickhouse: ClickHouseServer,
-    database: String,
-}
-
-impl Setup {
-    async fn new(bootstrap: &str, clickhouse: &ClickHouseServer) -> Setup {
-        let topic = unique_name("raw");
-        create_topics(bootstrap, &[&topic], PARTITIONS)
-            .await
-            .unwrap();
-        Setup {
-            bootstrap: bootstrap.to_string(),
-            topic,
-            clickhouse: clickhouse.clone(),
-            database: unique_name("eye"),
-        }
-    }
-
-    async fn shared() -> Setup {
-        let services = services();
-        Setup::new(&services.broker.bootstrap(), &services.clickhouse).await
-    }
-
-    fn config(&self) -> ProcessorConfig {
-        let mut config = ProcessorConfig::default();
-        config.kafka.brokers = self.bootstrap.clone();
-        config.consumer.topic = self.topic.clone();
-        config.consumer.group_id = unique_name("processor");
-        config.clickhouse.url = self.clickhouse.url();
-        config.clickhouse.database = self.database.clone();
-        config.batch.max_wait_ms = 200;
-        config.schemas_dir = repo("schemas");
-        config.dead_letter.topic = format!("{}_dlq", self.topic);
-        config
-    }
-
-    /// The first value of the first row of `sql` (table names may use `{db}`).
-    fn query(&self, sql: &str) -> String {
-        let sql = sql.replace("{db}", &self.database);
-        self.clickhouse
-            .query(&sql)
-            .unwrap_or_else(|err| panic!("{sql}: {err:#}"))
-            .trim()
-            .to_string()
-    }
-
-    fn count(&self, sql: &str) -> u64 {
-        self.query(sql).parse().unwrap_or(0)
-    }
-
-    /// Waits until `sql` counts `expected`, failing after `timeout`.
-    async fn wait_for_count(&self, sql: &str, expected: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let count = self
-                .clickhouse
-                .query(&sql.replace("{db}", &self.database))
-                .ok()
-                .and_then(|text| text.trim().parse::<u64>().ok());
-            if count == Some(expected) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{sql}: {count:?}, expected {expected} within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn produce(&self, messages: &[RawMessage]) {
-        self.produce_with(messages, &[]).await
-    }
-
-    /// Produces with extra producer settings (`(key, value)` pairs of librdkafka).
-    async fn produce_with(&self, messages: &[RawMessage], settings: &[(&str, &str)]) {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("linger.ms", "20")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "2000000");
-        for (key, value) in settings {
-            config.set(*key, *value);
-        }
-        let producer: FutureProducer = config.create().unwrap();
-        let mut deliveries = Vec::new();
-        for (index, (payload, headers)) in messages.iter().enumerate() {
-            let mut owned = OwnedHeaders::new();
-            for (key, value) in headers {
-                owned = owned.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                });
-            }
-            let key = format!("key-{index}");
-            let record = FutureRecord::to(&self.topic)
-                .key(&key)
-                .payload(payload)
-                .headers(owned);
-            deliveries.push(
-                producer
-                    .send_result(record)
-                    .map_err(|(error, _)| error)
-                    .expect("queued"),
-            );
-        }
-        for delivery in futures::future::join_all(deliveries).await {
-            delivery.expect("delivered").expect("produced");
-        }
-    }
-}
-
-/// The processor served in-process.
-struct Processor {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-    health_url: String,
-}
-
-impl Processor {
-    async fn start(config: ProcessorConfig) -> Processor {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let health_url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            eye_processor::run(config, listener, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("processor runs");
-        });
-        Processor {
-            stop: Some(stop),
-            task,
-            health_url,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
-    }
-}
-
-fn direct(event: &Value) -> RawMessage {
-    (event.to_string().into_bytes(), Vec::new())
-}
 
 #[tokio::test]
 async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_microseconds() {
@@ -579,7 +407,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
                     (partition.parse().unwrap(), offset.parse().unwrap())
                 })
                 .collect();
-            let on_topic = read_dead_letters(&setup.bootstrap, &setup.topic, PARTITIONS, EVENTS);
+            let on_topic = read_topic(&setup.bootstrap, &setup.topic, PARTITIONS, EVENTS);
             let missing: Vec<(i32, i64)> = on_topic
                 .iter()
                 .map(|message| (message.partition(), message.offset()))
@@ -825,39 +653,6 @@ async fn rebalance_hands_over_unwritten_rows_without_writing_them_twice() {
     );
 }
 
-/// Every message on the dead-letter topic, once `expected` have arrived (and a moment more).
-fn read_dead_letters(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    expected: usize,
-) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("dlq_reader"))
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut messages = Vec::new();
-    // Generous: a dead-letter publish that fails is retried with backoff (up to 30 s a step).
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let mut settle_until: Option<Instant> = None;
-    while Instant::now() < deadline && settle_until.is_none_or(|until| Instant::now() < until) {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            messages.push(message.unwrap().detach());
-        }
-        if messages.len() >= expected && settle_until.is_none() {
-            settle_until = Some(Instant::now() + Duration::from_secs(1));
-        }
-    }
-    messages
-}
 
 #[tokio::test]
 async fn dead_letters_carry_the_original_bytes_key_headers_and_the_reason() {
@@ -884,7 +679,7 @@ async fn dead_letters_carry_the_original_bytes_key_headers_and_the_reason() {
         )
         .await;
 
-    let dead = read_dead_letters(&setup.bootstrap, &format!("{}_dlq", setup.topic), 4, 2);
+    let dead = read_topic(&setup.bootstrap, &format!("{}_dlq", setup.topic), 4, 2);
     assert_eq!(
         dead.len(),
         2,

@@ -1,0 +1,242 @@
+//! What the processor's integration tests share: a fresh topic and database per test on the
+//! shared services, the processor served in-process, producing and reading topics.
+#![allow(dead_code)] // Each test binary uses its own part of it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use eye_core::kafka::create_topics;
+use eye_devenv::clickhouse::ClickHouseServer;
+use eye_devenv::testing::{services, unique_name};
+use eye_processor::config::ProcessorConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PARTITIONS: i32 = 4;
+
+/// A message value and its headers.
+pub type RawMessage = (Vec<u8>, Vec<(&'static str, String)>);
+
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+pub fn reference(name: &str) -> Value {
+    let path = repo(&format!("../shared/examples/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A fresh topic and a fresh database, on the given services.
+pub struct Setup {
+    pub bootstrap: String,
+    pub topic: String,
+    pub clickhouse: ClickHouseServer,
+    pub database: String,
+}
+
+impl Setup {
+    pub async fn new(bootstrap: &str, clickhouse: &ClickHouseServer) -> Setup {
+        let topic = unique_name("raw");
+        create_topics(bootstrap, &[&topic], PARTITIONS)
+            .await
+            .unwrap();
+        Setup {
+            bootstrap: bootstrap.to_string(),
+            topic,
+            clickhouse: clickhouse.clone(),
+            database: unique_name("eye"),
+        }
+    }
+
+    pub async fn shared() -> Setup {
+        let services = services();
+        Setup::new(&services.broker.bootstrap(), &services.clickhouse).await
+    }
+
+    /// The same topic, into a database of its own (a replay).
+    pub fn with_fresh_database(&self) -> Setup {
+        Setup {
+            bootstrap: self.bootstrap.clone(),
+            topic: self.topic.clone(),
+            clickhouse: self.clickhouse.clone(),
+            database: unique_name("eye"),
+        }
+    }
+
+    pub fn config(&self) -> ProcessorConfig {
+        let mut config = ProcessorConfig::default();
+        config.kafka.brokers = self.bootstrap.clone();
+        config.consumer.topic = self.topic.clone();
+        config.consumer.group_id = unique_name("processor");
+        config.clickhouse.url = self.clickhouse.url();
+        config.clickhouse.database = self.database.clone();
+        config.batch.max_wait_ms = 200;
+        config.schemas_dir = repo("schemas");
+        config.dead_letter.topic = format!("{}_dlq", self.topic);
+        config
+    }
+
+    /// The first value of the first row of `sql` (table names may use `{db}`).
+    pub fn query(&self, sql: &str) -> String {
+        let sql = sql.replace("{db}", &self.database);
+        self.clickhouse
+            .query(&sql)
+            .unwrap_or_else(|err| panic!("{sql}: {err:#}"))
+            .trim()
+            .to_string()
+    }
+
+    pub fn count(&self, sql: &str) -> u64 {
+        self.query(sql).parse().unwrap_or(0)
+    }
+
+    /// Waits until `sql` counts `expected`, failing after `timeout`.
+    pub async fn wait_for_count(&self, sql: &str, expected: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self
+                .clickhouse
+                .query(&sql.replace("{db}", &self.database))
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok());
+            if count == Some(expected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sql}: {count:?}, expected {expected} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn produce(&self, messages: &[RawMessage]) {
+        self.produce_with(messages, &[]).await
+    }
+
+    /// Produces with extra producer settings (`(key, value)` pairs of librdkafka).
+    pub async fn produce_with(&self, messages: &[RawMessage], settings: &[(&str, &str)]) {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("linger.ms", "20")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "2000000");
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
+        let producer: FutureProducer = config.create().unwrap();
+        let mut deliveries = Vec::new();
+        for (index, (payload, headers)) in messages.iter().enumerate() {
+            let mut owned = OwnedHeaders::new();
+            for (key, value) in headers {
+                owned = owned.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let key = format!("key-{index}");
+            let record = FutureRecord::to(&self.topic)
+                .key(&key)
+                .payload(payload)
+                .headers(owned);
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(error, _)| error)
+                    .expect("queued"),
+            );
+        }
+        for delivery in futures::future::join_all(deliveries).await {
+            delivery.expect("delivered").expect("produced");
+        }
+    }
+}
+
+/// The processor served in-process.
+pub struct Processor {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    pub health_url: String,
+}
+
+impl Processor {
+    pub async fn start(config: ProcessorConfig) -> Processor {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let health_url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            eye_processor::run(config, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("processor runs");
+        });
+        Processor {
+            stop: Some(stop),
+            task,
+            health_url,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+pub fn direct(event: &Value) -> RawMessage {
+    (event.to_string().into_bytes(), Vec::new())
+}
+
+/// Every message on `topic` (from the beginning), once `expected` have arrived (and a moment more).
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("dlq_reader"))
+        .create()
+        .unwrap();
+    // The processor may not have created the topic yet.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .map_or(true, |metadata| {
+            metadata.topics()[0].error().is_some() || metadata.topics()[0].partitions().is_empty()
+        })
+    {
+        assert!(Instant::now() < deadline, "{topic} never appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut messages = Vec::new();
+    // Generous: a dead-letter publish that fails is retried with backoff (up to 30 s a step).
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut settle_until: Option<Instant> = None;
+    while Instant::now() < deadline && settle_until.is_none_or(|until| Instant::now() < until) {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(message.unwrap().detach());
+        }
+        if messages.len() >= expected && settle_until.is_none() {
+            settle_until = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+    messages
+}
