@@ -150,10 +150,12 @@ impl TopicSchema {
     /// A message of this schema back into a value.
     pub fn decode(&self, bytes: &[u8]) -> Result<Avro, DecodeError> {
         match bytes.split_at_checked(10) {
-            Some((header, mut datum)) if header == self.single_object_header => {
-                Ok(apache_avro::from_avro_datum(&self.schema, &mut datum, None)?)
-            }
-            _ => Err(DecodeError::Header(bytes.iter().take(10).copied().collect())),
+            Some((header, mut datum)) if header == self.single_object_header => Ok(
+                apache_avro::from_avro_datum(&self.schema, &mut datum, None)?,
+            ),
+            _ => Err(DecodeError::Header(
+                bytes.iter().take(10).copied().collect(),
+            )),
         }
     }
 }

@@ -231,6 +231,17 @@ pub struct AlertEvaluator {
 struct Judged {
     rules: Vec<RuleProgress>,
     published: HashSet<(Uuid, AlertStatus)>,
+    /// A replay finished at or after this (seconds) rebuilt what this memory was built from.
+    taken_over_at: u32,
+}
+
+/// What `replays` says.
+#[derive(Debug, Row, Deserialize)]
+struct Replays {
+    /// Replays not finished whose heartbeat is recent.
+    running: u64,
+    /// The last heartbeat of the latest finished replay (0 when none).
+    last_finished: u32,
 }
 
 impl AlertEvaluator {
@@ -284,10 +295,49 @@ impl AlertEvaluator {
                 judged = None;
                 continue;
             }
+            match self.replays().await {
+                Ok(replays) if replays.running > 0 => {
+                    judged = None;
+                    continue;
+                }
+                Ok(replays) => {
+                    if judged
+                        .as_ref()
+                        .is_some_and(|judged| replays.last_finished >= judged.taken_over_at)
+                    {
+                        judged = None;
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "reading the replays");
+                    continue;
+                }
+            }
             if let Err(error) = self.judge(&mut judged).await {
                 warn!(%error, "judging alert rules");
             }
         }
+    }
+
+    /// Judges every complete window from the first one, publishing what `eye.alerts` does not
+    /// hold yet (a replay's last step).
+    pub async fn judge_once(&self) -> Result<(), AlertError> {
+        self.judge(&mut None).await
+    }
+
+    /// Whether a replay is rebuilding the tables (its heartbeat is under a minute old), and when
+    /// the last one finished.
+    async fn replays(&self) -> Result<Replays, AlertError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT countIf(done = 0 AND seen > now() - 60) AS running, \
+                 toUInt32(maxIf(seen, done = 1)) AS last_finished FROM \
+                 (SELECT replay_id, max(finished) AS done, max(heartbeat_at) AS seen \
+                  FROM replays GROUP BY replay_id)",
+            )
+            .fetch_one()
+            .await?)
     }
 
     async fn judge(&self, judged: &mut Option<Judged>) -> Result<(), AlertError> {
@@ -306,7 +356,9 @@ impl AlertEvaluator {
             if until <= progress.judged_until {
                 continue;
             }
-            let counts = self.window_counts(rule, progress.judged_until, until).await?;
+            let counts = self
+                .window_counts(rule, progress.judged_until, until)
+                .await?;
             let mut next = progress.clone();
             let decisions = decide(rule, &mut next, counts, until);
             for decision in decisions {
@@ -403,8 +455,16 @@ impl AlertEvaluator {
                 open: BTreeMap::new(),
             })
             .collect();
-        info!(first_window = first, "alert rules: judging from the first window");
-        Ok(Some(Judged { rules, published }))
+        info!(
+            first_window = first,
+            "alert rules: judging from the first window"
+        );
+        Ok(Some(Judged {
+            rules,
+            published,
+            // A replay finishing within this second may not be visible yet.
+            taken_over_at: chrono::Utc::now().timestamp() as u32,
+        }))
     }
 
     /// Every key's counts per window in [from, until), ordered by key and window.
@@ -457,7 +517,11 @@ impl AlertEvaluator {
             .await?)
     }
 
-    async fn alert_row(&self, rule: &AlertRule, decision: Decision) -> Result<AlertRow, AlertError> {
+    async fn alert_row(
+        &self,
+        rule: &AlertRule,
+        decision: Decision,
+    ) -> Result<AlertRow, AlertError> {
         let counts = decision.counts;
         let window_start = counts.window_start;
         let window_end = window_start + rule.window_seconds();
@@ -712,7 +776,13 @@ mod tests {
     fn verdicts(decisions: &[Decision]) -> Vec<(&str, u32, AlertStatus)> {
         decisions
             .iter()
-            .map(|d| (d.counts.application.as_str(), d.counts.window_start, d.status))
+            .map(|d| {
+                (
+                    d.counts.application.as_str(),
+                    d.counts.window_start,
+                    d.status,
+                )
+            })
             .collect()
     }
 

@@ -189,11 +189,11 @@ impl Batch {
         let offsets = self
             .events
             .iter()
-            .map(|row| (row.kafka_partition, row.kafka_offset))
+            .map(|row| (row.kafka_partition, row.kafka_offset as i64))
             .chain(
                 self.errors
                     .iter()
-                    .map(|failed| (failed.row.kafka_partition, failed.row.kafka_offset)),
+                    .map(|failed| (failed.row.kafka_partition, failed.row.kafka_offset as i64)),
             );
         for (partition, offset) in offsets {
             first
@@ -220,11 +220,37 @@ impl Batch {
     }
 }
 
+/// Where the pipeline reads.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The consumer group: follow the topic, commit offsets (the live processor).
+    Group,
+    /// Each partition from a start offset until at least an end offset, outside any group, then
+    /// stop (a replay).
+    Range {
+        start: BTreeMap<i32, i64>,
+        end: BTreeMap<i32, i64>,
+    },
+}
+
+/// A view of how far the pipeline has written, for progress displays.
+#[derive(Clone)]
+pub struct WrittenOffsets(Arc<Mutex<Progress>>);
+
+impl WrittenOffsets {
+    /// Per partition, the offset after the last message written.
+    pub fn get(&self) -> BTreeMap<i32, i64> {
+        lock(&self.0).stored.clone()
+    }
+}
+
 pub struct Pipeline {
     consumer: StreamConsumer<PipelineContext>,
+    source: Source,
     validator: Validator,
     sink: ClickHouseSink,
-    dead_letters: DeadLetterSink,
+    /// None in a replay: the dead letters of the log are on their topic already.
+    dead_letters: Option<DeadLetterSink>,
     config: ProcessorConfig,
     progress: Arc<Mutex<Progress>>,
     sink_healthy: Arc<AtomicBool>,
@@ -234,17 +260,20 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(
         config: ProcessorConfig,
+        source: Source,
         validator: Validator,
         sink: ClickHouseSink,
-        dead_letters: DeadLetterSink,
+        dead_letters: Option<DeadLetterSink>,
         sink_healthy: Arc<AtomicBool>,
     ) -> Result<Self, PipelineError> {
         let mut client = ClientConfig::new();
+        let replay = matches!(source, Source::Range { .. });
         client
             .set("bootstrap.servers", &config.kafka.brokers)
             .set("group.id", &config.consumer.group_id)
             .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "true")
+            // A replay reads outside the group and commits nothing.
+            .set("enable.auto.commit", (!replay).to_string())
             .set("auto.commit.interval.ms", "1000")
             // Offsets are stored by hand once their batch is in ClickHouse.
             .set("enable.auto.offset.store", "false")
@@ -266,9 +295,26 @@ impl Pipeline {
                 progress: progress.clone(),
                 owns_first_partition: owns_first_partition.clone(),
             })?;
-        consumer.subscribe(&[&config.consumer.topic])?;
+        match &source {
+            Source::Group => consumer.subscribe(&[&config.consumer.topic])?,
+            Source::Range { start, .. } => {
+                let mut assignment = TopicPartitionList::new();
+                for (&partition, &offset) in start {
+                    assignment.add_partition_offset(
+                        &config.consumer.topic,
+                        partition,
+                        Offset::Offset(offset),
+                    )?;
+                }
+                consumer.assign(&assignment)?;
+                let mut progress = lock(&progress);
+                progress.assigned = start.keys().copied().collect();
+                progress.stored = start.clone();
+            }
+        }
         Ok(Self {
             consumer,
+            source,
             validator,
             sink,
             dead_letters,
@@ -276,6 +322,24 @@ impl Pipeline {
             progress,
             sink_healthy,
             owns_first_partition,
+        })
+    }
+
+    pub fn written_offsets(&self) -> WrittenOffsets {
+        WrittenOffsets(self.progress.clone())
+    }
+
+    /// A range source whose every partition is written up to its end.
+    fn range_done(&self) -> bool {
+        let Source::Range { end, .. } = &self.source else {
+            return false;
+        };
+        let progress = lock(&self.progress);
+        end.iter().all(|(partition, &end)| {
+            progress
+                .stored
+                .get(partition)
+                .is_some_and(|&written| written >= end)
         })
     }
 
@@ -289,7 +353,11 @@ impl Pipeline {
         tokio::pin!(shutdown);
         let max_wait = Duration::from_millis(self.config.batch.max_wait_ms);
         let mut idle_reports = tokio::time::interval(IDLE_REPORT_INTERVAL);
+        let follows_group = matches!(self.source, Source::Group);
         loop {
+            if self.range_done() {
+                break;
+            }
             let deadline = lock(&self.progress)
                 .batch
                 .opened
@@ -302,7 +370,7 @@ impl Pipeline {
                         break;
                     }
                 }
-                _ = idle_reports.tick(), if deadline.is_none() => self.report_idle().await,
+                _ = idle_reports.tick(), if deadline.is_none() && follows_group => self.report_idle().await,
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
                         let full = {
@@ -323,7 +391,10 @@ impl Pipeline {
             self.write(tokio::time::sleep(Duration::from_secs(10)))
                 .await;
         }
-        self.commit_stored();
+        match self.source {
+            Source::Group => self.commit_stored(),
+            Source::Range { .. } => self.report_range_end().await,
+        }
         info!("processor stopped");
     }
 
@@ -407,10 +478,12 @@ impl Pipeline {
         self.sink
             .insert_errors(batch.errors.iter().map(|failed| &failed.row))
             .await?;
-        self.dead_letters
-            .publish(batch.errors.iter())
-            .await
-            .map_err(SinkError::DeadLetter)?;
+        if let Some(dead_letters) = &self.dead_letters {
+            dead_letters
+                .publish(batch.errors.iter())
+                .await
+                .map_err(SinkError::DeadLetter)?;
+        }
         self.sink
             .insert_watermarks(self.watermarks(batch).iter())
             .await
@@ -455,6 +528,40 @@ impl Pipeline {
                 }
             })
             .collect()
+    }
+
+    /// Reports every partition of a range as written up to where it is, now: partitions without
+    /// messages have no batch to report them.
+    async fn report_range_end(&self) {
+        let rows: Vec<WatermarkRow> = {
+            let progress = lock(&self.progress);
+            let updated_at = Utc::now().timestamp() as u32;
+            progress
+                .stored
+                .iter()
+                .map(|(&partition, &written)| {
+                    let end = progress
+                        .high_watermarks
+                        .get(&partition)
+                        .copied()
+                        .unwrap_or(written)
+                        .max(written);
+                    WatermarkRow {
+                        topic: self.config.consumer.topic.clone(),
+                        partition,
+                        next_offset: written,
+                        high_watermark: end,
+                        lag: end - written,
+                        event_time: 0,
+                        received_time: 0,
+                        updated_at,
+                    }
+                })
+                .collect()
+        };
+        if let Err(error) = self.sink.insert_watermarks(rows.iter()).await {
+            warn!(%error, "reporting where the replay ended");
+        }
     }
 
     /// Reports each caught-up partition as written to its end, now.
@@ -502,8 +609,10 @@ impl Pipeline {
             match self.sink.insert_errors(std::iter::once(&failed.row)).await {
                 Err(SinkError::Permanent(error)) => {
                     error!(%error, event_id = %failed.row.event_id, "ClickHouse refused a failure row; it goes to the dead-letter topic only");
-                    if let Err(error) = self.dead_letters.publish(std::iter::once(&failed)).await {
-                        error!(%error, event_id = %failed.row.event_id, "the failure is in neither table nor topic");
+                    if let Some(dead_letters) = &self.dead_letters {
+                        if let Err(error) = dead_letters.publish(std::iter::once(&failed)).await {
+                            error!(%error, event_id = %failed.row.event_id, "the failure is in neither table nor topic");
+                        }
                     }
                 }
                 _ => errors.push(failed),
@@ -641,7 +750,8 @@ fn event_row(valid: ValidEvent, partition: i32, offset: i64) -> EventRow {
         data: Json::Object(valid.data).to_string(),
         schema_version: valid.schema_version as u16,
         kafka_partition: partition,
-        kafka_offset: offset,
+        // Kafka offsets are never negative.
+        kafka_offset: offset as u64,
     }
 }
 
@@ -660,7 +770,8 @@ fn error_row(failed: FailedEvent, raw: &[u8], partition: i32, offset: i64) -> Er
         received_at,
         received_at_us,
         kafka_partition: partition,
-        kafka_offset: offset,
+        // Kafka offsets are never negative.
+        kafka_offset: offset as u64,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod config;
 pub mod consume;
 pub mod dead_letter;
+pub mod replay;
 pub mod sink;
 pub mod validate;
 
@@ -28,7 +29,7 @@ use tracing::info;
 
 use crate::alerts::{AlertError, AlertEvaluator};
 use crate::config::ProcessorConfig;
-use crate::consume::{Pipeline, PipelineError};
+use crate::consume::{Pipeline, PipelineError, Source};
 use crate::dead_letter::DeadLetterSink;
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::validate::Validator;
@@ -102,7 +103,14 @@ pub async fn run(
             )
         })
         .transpose()?;
-    let pipeline = Pipeline::new(config, validator, sink, dead_letters, sink_healthy)?;
+    let pipeline = Pipeline::new(
+        config,
+        Source::Group,
+        validator,
+        sink,
+        Some(dead_letters),
+        sink_healthy,
+    )?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let alerts = alerts.map(|alerts| {

@@ -29,7 +29,7 @@ pub struct EventRow {
     pub data: String,
     pub schema_version: u16,
     pub kafka_partition: i32,
-    pub kafka_offset: i64,
+    pub kafka_offset: u64,
 }
 
 /// A row of `event_errors`.
@@ -53,7 +53,7 @@ pub struct ErrorRow {
     pub received_at: u32,
     pub received_at_us: u32,
     pub kafka_partition: i32,
-    pub kafka_offset: i64,
+    pub kafka_offset: u64,
 }
 
 /// A progress report for one raw-topic partition, into `watermark_updates`.

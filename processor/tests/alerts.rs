@@ -31,7 +31,9 @@ struct AlertMessage {
 }
 
 fn decode(schema: &TopicSchema, bytes: &[u8]) -> AlertMessage {
-    let Avro::Record(fields) = schema.decode(bytes).expect("an alert in single-object encoding")
+    let Avro::Record(fields) = schema
+        .decode(bytes)
+        .expect("an alert in single-object encoding")
     else {
         panic!("not a record");
     };
@@ -66,7 +68,8 @@ fn decode(schema: &TopicSchema, bytes: &[u8]) -> AlertMessage {
 }
 
 fn at(minute: u32, second: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2021, 1, 1, 10, minute, second).unwrap()
+    Utc.with_ymd_and_hms(2021, 1, 1, 10, minute, second)
+        .unwrap()
 }
 
 /// A pageview received at `received_at`; a `future_timestamp` failure when `future`.

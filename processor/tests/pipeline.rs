@@ -20,7 +20,6 @@ use uuid::Uuid;
 mod common;
 use common::*;
 
-
 #[tokio::test]
 async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_microseconds() {
     let setup = Setup::shared().await;
@@ -652,7 +651,6 @@ async fn rebalance_hands_over_unwritten_rows_without_writing_them_twice() {
         "no row written twice"
     );
 }
-
 
 #[tokio::test]
 async fn dead_letters_carry_the_original_bytes_key_headers_and_the_reason() {

@@ -1,5 +1,6 @@
 -- Valid events. ReplacingMergeTree: a redelivered event has the same sort key and collapses into
--- one row (read with FINAL for exact counts). Sorted for category + time-range queries.
+-- one row (read with FINAL for exact counts); of copies produced twice, the one at the higher
+-- offset stays, whatever order they were written in, so a replay keeps the same row. Sorted for category + time-range queries.
 -- Event time is a DateTime (whole seconds, UTC) plus the microseconds within that second, because
 -- ClickHouse 18.16 has no DateTime64.
 CREATE TABLE IF NOT EXISTS events
@@ -18,8 +19,8 @@ CREATE TABLE IF NOT EXISTS events
     data String,
     schema_version UInt16,
     kafka_partition Int32,
-    kafka_offset Int64
+    kafka_offset UInt64
 )
-ENGINE = ReplacingMergeTree()
+ENGINE = ReplacingMergeTree(kafka_offset)
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (category, name, timestamp, event_id)

@@ -1,0 +1,351 @@
+//! Rebuilding the derived tables from the raw log.
+//!
+//! A full replay empties every table of the database, then reads each raw-topic partition from its
+//! first offset to the end it had when the tables were emptied, through the same validation and
+//! sink as the live processor (but publishing no dead letters: they are on their topic already).
+//! A live processor may keep running: everything it writes and everything the replay writes is
+//! idempotent by event_id, and the replay covers every offset the emptying may have lost. A replay
+//! `from` a time re-reads from the first offset at or after it, into the tables as they are.
+//!
+//! While a replay runs, its heartbeat in `replays` keeps the live alert judge from judging windows
+//! whose counts are being rebuilt; the replay judges the rules itself at the end, so it publishes
+//! the same alerts, with the same ids, as the live processor did.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clickhouse::Row;
+use eye_core::schemas::{SchemaRegistry, TopicSchema};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::Serialize;
+use tracing::info;
+use uuid::Uuid;
+
+use crate::alerts::AlertEvaluator;
+use crate::config::ProcessorConfig;
+use crate::consume::{Pipeline, PipelineError, Source, WrittenOffsets};
+use crate::sink::{ClickHouseSink, SinkError};
+use crate::validate::Validator;
+use crate::StartError;
+
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per partition: the first offset read, the offset the replay ends at.
+pub type Plan = BTreeMap<i32, (i64, i64)>;
+
+#[derive(Debug)]
+pub struct ReplaySummary {
+    pub plan: Plan,
+    pub messages: i64,
+    pub tables_emptied: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// A row of `replays`.
+#[derive(Debug, Row, Serialize)]
+struct HeartbeatRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    replay_id: Uuid,
+    started_at: u32,
+    heartbeat_at: u32,
+    finished: u8,
+}
+
+/// Replays the raw topic into the tables (all of it, emptying them first, or from `from` on),
+/// calling `on_plan` once the offsets are known and polling `on_progress` while it runs.
+pub async fn replay(
+    config: ProcessorConfig,
+    from: Option<DateTime<Utc>>,
+    on_plan: impl FnOnce(&Plan),
+    mut on_progress: impl FnMut(&BTreeMap<i32, i64>),
+) -> Result<ReplaySummary, StartError> {
+    let started = Instant::now();
+    let registry = SchemaRegistry::load(&config.schemas_dir.join("avro"))?;
+    let validator = Validator::new(
+        registry,
+        chrono::Duration::seconds(config.validation.future_tolerance_seconds),
+    );
+    let sink = ClickHouseSink::new(&config.clickhouse);
+    sink.apply_ddl(
+        &config.clickhouse.database,
+        &config.schemas_dir.join("clickhouse"),
+    )
+    .await?;
+    let client = sink.client();
+
+    let replay_id = Uuid::now_v7();
+    let started_at = Utc::now().timestamp() as u32;
+    let beat = {
+        let client = client.clone();
+        move |finished: u8| {
+            let client = client.clone();
+            async move {
+                let mut insert = client.insert::<HeartbeatRow>("replays").await?;
+                insert
+                    .write(&HeartbeatRow {
+                        replay_id,
+                        started_at,
+                        heartbeat_at: Utc::now().timestamp() as u32,
+                        finished,
+                    })
+                    .await?;
+                insert.end().await
+            }
+        }
+    };
+    beat(0).await.map_err(SinkError::Retryable)?;
+    let (stop_heartbeat, mut heartbeat_stopped) = tokio::sync::watch::channel(false);
+    let heartbeat = tokio::spawn({
+        let beat = beat.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = heartbeat_stopped.wait_for(|stopped| *stopped) => return,
+                    _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+                }
+                if let Err(error) = beat(0).await {
+                    tracing::warn!(%error, "replay heartbeat");
+                }
+            }
+        }
+    });
+    // A live judge in the middle of a window finishes before the tables go.
+    tokio::time::sleep(Duration::from_millis(
+        2 * config.alerts.evaluate_interval_ms,
+    ))
+    .await;
+
+    let tables_emptied = match from {
+        None => empty_tables(&sink, &config.clickhouse.database).await?,
+        Some(_) => Vec::new(),
+    };
+    let plan = plan(&config, from).await.map_err(PipelineError::Kafka)?;
+    on_plan(&plan);
+    info!(%replay_id, ?plan, tables = ?tables_emptied, "replay starting");
+
+    let source = Source::Range {
+        start: plan.iter().map(|(&p, &(start, _))| (p, start)).collect(),
+        end: plan.iter().map(|(&p, &(_, end))| (p, end)).collect(),
+    };
+    let mut replay_config = config.clone();
+    replay_config.consumer.group_id = format!("{}-replay-{replay_id}", config.consumer.group_id);
+    let pipeline = Pipeline::new(
+        replay_config,
+        source,
+        validator,
+        sink.clone(),
+        None,
+        Arc::new(AtomicBool::new(true)),
+    )?;
+    let written: WrittenOffsets = pipeline.written_offsets();
+    let run = tokio::spawn(pipeline.run(std::future::pending()));
+    while !run.is_finished() {
+        on_progress(&written.get());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = run.await;
+    on_progress(&written.get());
+
+    if from.is_none() {
+        // Merges what a live processor wrote twice beside the replay, so `events` holds each
+        // event_id once even without FINAL.
+        for table in &tables_emptied {
+            client
+                .query(&format!("OPTIMIZE TABLE `{table}` FINAL"))
+                .execute()
+                .await
+                .map_err(SinkError::Retryable)?;
+        }
+    }
+    if !config.alerts.rules.is_empty() {
+        let alert_schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/alert.avsc"))?;
+        let evaluator = AlertEvaluator::new(
+            config.alerts.clone(),
+            &config.kafka,
+            &config.consumer.topic,
+            client.clone(),
+            alert_schema,
+        )?;
+        evaluator.judge_once().await?;
+    }
+    let _ = stop_heartbeat.send(true);
+    let _ = heartbeat.await;
+    beat(1).await.map_err(SinkError::Retryable)?;
+    let messages = plan.values().map(|(start, end)| end - start).sum();
+    Ok(ReplaySummary {
+        plan,
+        messages,
+        tables_emptied,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Empties every table of the database that holds data (views hold none; `replays` is the
+/// replay's own record); returns their names.
+async fn empty_tables(sink: &ClickHouseSink, database: &str) -> Result<Vec<String>, StartError> {
+    let client = sink.client();
+    let tables: Vec<String> = client
+        .query(
+            "SELECT name FROM system.tables WHERE database = ? \
+             AND engine NOT IN ('View', 'MaterializedView', 'Null') AND name != 'replays' \
+             ORDER BY name",
+        )
+        .bind(database)
+        .fetch_all()
+        .await
+        .map_err(SinkError::Retryable)?;
+    for table in &tables {
+        client
+            .query(&format!("TRUNCATE TABLE `{table}`"))
+            .execute()
+            .await
+            .map_err(SinkError::Retryable)?;
+    }
+    Ok(tables)
+}
+
+/// Per partition, where to start (the first offset, or the first at or after `from`) and the
+/// end of the log now.
+///
+/// The ends come from fetch responses (the statistics' `hi_offset`, after reading from the
+/// beginning until a message or the end of each partition) rather than from ListOffsets: tansu
+/// 0.6's memory engine answers ListOffsets(latest) with an offset inside the last record batch.
+async fn plan(config: &ProcessorConfig, from: Option<DateTime<Utc>>) -> Result<Plan, KafkaError> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set(
+            "group.id",
+            format!("{}-replay-plan", config.consumer.group_id),
+        )
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", "100");
+    for (key, value) in &config.kafka.librdkafka {
+        client.set(key, value);
+    }
+    let topic = config.consumer.topic.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer<LogEnds> = client.create_with_context(LogEnds {
+            topic: topic.clone(),
+            ends: Mutex::new((Instant::now(), BTreeMap::new())),
+        })?;
+        let metadata = consumer.fetch_metadata(Some(&topic), KAFKA_TIMEOUT)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|found| found.name() == topic)
+            .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
+            .collect();
+        let mut beginning = TopicPartitionList::new();
+        for &partition in &partitions {
+            beginning.add_partition_offset(&topic, partition, Offset::Beginning)?;
+        }
+        consumer.assign(&beginning)?;
+        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+        let deadline = Instant::now() + KAFKA_TIMEOUT;
+        while first.len() < partitions.len() {
+            if Instant::now() > deadline {
+                return Err(KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                ));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => {
+                    first.entry(message.partition()).or_insert(message.offset());
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    first.entry(partition).or_insert(i64::MAX);
+                }
+                Some(Err(error)) => return Err(error),
+                None => {}
+            }
+        }
+        // Statistics taken after every partition's first answer know each one's end.
+        let asked = Instant::now();
+        let ends = loop {
+            let ends = lock(&consumer.context().ends).clone();
+            if ends.0 > asked
+                && partitions
+                    .iter()
+                    .all(|partition| ends.1.contains_key(partition))
+            {
+                break ends.1;
+            }
+            if Instant::now() > deadline + KAFKA_TIMEOUT {
+                return Err(KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                ));
+            }
+            consumer.poll(Duration::from_millis(50));
+        };
+        let mut plan = Plan::new();
+        for (&partition, &start) in &first {
+            let end = ends[&partition];
+            plan.insert(partition, (start.min(end), end));
+        }
+        if let Some(from) = from {
+            let mut wanted = TopicPartitionList::new();
+            for &partition in &partitions {
+                wanted.add_partition_offset(
+                    &topic,
+                    partition,
+                    Offset::Offset(from.timestamp_millis()),
+                )?;
+            }
+            for element in consumer
+                .offsets_for_times(wanted, KAFKA_TIMEOUT)?
+                .elements()
+            {
+                if let Some((start, end)) = plan.get_mut(&element.partition()) {
+                    *start = match element.offset() {
+                        Offset::Offset(offset) => offset.clamp(*start, *end),
+                        // No message at or after `from`: nothing to read.
+                        _ => *end,
+                    };
+                }
+            }
+        }
+        Ok(plan)
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)?
+}
+
+/// Collects each partition's end of log from the statistics.
+struct LogEnds {
+    topic: String,
+    /// When the statistics were taken, and the ends they gave.
+    ends: Mutex<(Instant, BTreeMap<i32, i64>)>,
+}
+
+impl ClientContext for LogEnds {
+    fn stats(&self, stats: Statistics) {
+        let Some(topic) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        let ends = topic
+            .partitions
+            .iter()
+            .filter(|(&partition, state)| partition >= 0 && state.hi_offset >= 0)
+            .map(|(&partition, state)| (partition, state.hi_offset))
+            .collect();
+        *lock(&self.ends) = (Instant::now(), ends);
+    }
+}
+
+impl ConsumerContext for LogEnds {}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
