@@ -298,9 +298,7 @@ fn test(cargo_test_args: &[String]) -> Result<ExitCode> {
         .current_dir(workspace_root())
         .args(["test", "--workspace", "--no-fail-fast"])
         // One test at a time within each binary: the tests of a binary share one ClickHouse and
-        // one broker on two cores. Run two at a time, a dead-letter read once saw nothing within
-        // 60 s; that is not explained yet (the other parallel-run failures were a test race and
-        // tansu defects, see docs/benchmarks.md).
+        // one broker on two cores, and their timeouts assume neither is shared with another test.
         .env("RUST_TEST_THREADS", "1")
         .args(cargo_test_args)
         .stdout(Stdio::piped())

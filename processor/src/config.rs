@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertSettings;
 use crate::dead_letter::DeadLetterSettings;
+use crate::session_updates::SessionUpdateSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -21,6 +22,7 @@ pub struct ProcessorConfig {
     pub dead_letter: DeadLetterSettings,
     pub validation: ValidationSettings,
     pub alerts: AlertSettings,
+    pub session_updates: SessionUpdateSettings,
     /// Directory holding `avro/` (event schemas) and `clickhouse/` (table DDL).
     pub schemas_dir: PathBuf,
 }
@@ -36,6 +38,7 @@ impl Default for ProcessorConfig {
             dead_letter: DeadLetterSettings::default(),
             validation: ValidationSettings::default(),
             alerts: AlertSettings::default(),
+            session_updates: SessionUpdateSettings::default(),
             schemas_dir: "schemas".into(),
         }
     }

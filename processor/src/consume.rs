@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::config::ProcessorConfig;
 use crate::dead_letter::{DeadLetterSink, FailedMessage};
+use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, ErrorRow, EventRow, SinkError, WatermarkRow};
 use crate::validate::{Envelope, ErrorType, FailedEvent, ValidEvent, Validator};
 use eye_core::timestamp::split_seconds;
@@ -183,6 +184,20 @@ impl Batch {
         self.events.len() + self.errors.len()
     }
 
+    /// The sessions the batch touches: of its events, and of its failures naming one.
+    fn sessions(&self) -> BTreeSet<(String, Uuid)> {
+        self.events
+            .iter()
+            .map(|row| (row.application.clone(), row.session_id))
+            .chain(
+                self.errors
+                    .iter()
+                    .filter(|failed| !failed.row.session_id.is_nil())
+                    .map(|failed| (failed.row.application.clone(), failed.row.session_id)),
+            )
+            .collect()
+    }
+
     /// Per partition, the lowest offset the batch holds.
     fn first_offsets(&self) -> BTreeMap<i32, i64> {
         let mut first = BTreeMap::new();
@@ -233,6 +248,14 @@ pub enum Source {
     },
 }
 
+/// What the pipeline publishes besides the ClickHouse tables.
+#[derive(Default)]
+pub struct Outputs {
+    /// None in a replay: the dead letters of the log are on their topic already.
+    pub dead_letters: Option<DeadLetterSink>,
+    pub session_updates: Option<SessionUpdates>,
+}
+
 /// A view of how far the pipeline has written, for progress displays.
 #[derive(Clone)]
 pub struct WrittenOffsets(Arc<Mutex<Progress>>);
@@ -249,8 +272,7 @@ pub struct Pipeline {
     source: Source,
     validator: Validator,
     sink: ClickHouseSink,
-    /// None in a replay: the dead letters of the log are on their topic already.
-    dead_letters: Option<DeadLetterSink>,
+    outputs: Outputs,
     config: ProcessorConfig,
     progress: Arc<Mutex<Progress>>,
     sink_healthy: Arc<AtomicBool>,
@@ -263,7 +285,7 @@ impl Pipeline {
         source: Source,
         validator: Validator,
         sink: ClickHouseSink,
-        dead_letters: Option<DeadLetterSink>,
+        outputs: Outputs,
         sink_healthy: Arc<AtomicBool>,
     ) -> Result<Self, PipelineError> {
         let mut client = ClientConfig::new();
@@ -317,7 +339,7 @@ impl Pipeline {
             source,
             validator,
             sink,
-            dead_letters,
+            outputs,
             config,
             progress,
             sink_healthy,
@@ -472,17 +494,21 @@ impl Pipeline {
         true
     }
 
-    /// Both tables, then the dead-letter topic; each step is idempotent for a retry.
+    /// Both tables, the dead-letter and session topics, then progress; each step is idempotent
+    /// for a retry.
     async fn insert(&self, batch: &Batch) -> Result<(), SinkError> {
         self.sink.insert_events(batch.events.iter()).await?;
         self.sink
             .insert_errors(batch.errors.iter().map(|failed| &failed.row))
             .await?;
-        if let Some(dead_letters) = &self.dead_letters {
+        if let Some(dead_letters) = &self.outputs.dead_letters {
             dead_letters
                 .publish(batch.errors.iter())
                 .await
                 .map_err(SinkError::DeadLetter)?;
+        }
+        if let Some(session_updates) = &self.outputs.session_updates {
+            session_updates.publish(&batch.sessions()).await?;
         }
         self.sink
             .insert_watermarks(self.watermarks(batch).iter())
@@ -609,7 +635,7 @@ impl Pipeline {
             match self.sink.insert_errors(std::iter::once(&failed.row)).await {
                 Err(SinkError::Permanent(error)) => {
                     error!(%error, event_id = %failed.row.event_id, "ClickHouse refused a failure row; it goes to the dead-letter topic only");
-                    if let Some(dead_letters) = &self.dead_letters {
+                    if let Some(dead_letters) = &self.outputs.dead_letters {
                         if let Err(error) = dead_letters.publish(std::iter::once(&failed)).await {
                             error!(%error, event_id = %failed.row.event_id, "the failure is in neither table nor topic");
                         }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod consume;
 pub mod dead_letter;
 pub mod replay;
+pub mod session_updates;
 pub mod sink;
 pub mod validate;
 
@@ -29,8 +30,9 @@ use tracing::info;
 
 use crate::alerts::{AlertError, AlertEvaluator};
 use crate::config::ProcessorConfig;
-use crate::consume::{Pipeline, PipelineError, Source};
+use crate::consume::{Outputs, Pipeline, PipelineError, Source};
 use crate::dead_letter::DeadLetterSink;
+use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::validate::Validator;
 
@@ -82,6 +84,7 @@ pub async fn run(
         config.alerts.partitions,
     )
     .await?;
+    let session_updates = session_updates(&config, &sink).await?;
     let alert_schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/alert.avsc"))?;
     let dead_letters =
         DeadLetterSink::new(&config.kafka, &config.dead_letter, &config.consumer.topic)
@@ -108,7 +111,10 @@ pub async fn run(
         Source::Group,
         validator,
         sink,
-        Some(dead_letters),
+        Outputs {
+            dead_letters: Some(dead_letters),
+            session_updates,
+        },
         sink_healthy,
     )?;
 
@@ -135,6 +141,28 @@ pub async fn run(
         let _ = alerts.await;
     }
     Ok(())
+}
+
+/// The session-topic publisher, its topic created, when enabled.
+pub(crate) async fn session_updates(
+    config: &ProcessorConfig,
+    sink: &ClickHouseSink,
+) -> Result<Option<SessionUpdates>, StartError> {
+    let settings = &config.session_updates;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    eye_core::kafka::create_topics(
+        &config.kafka.brokers,
+        &[&settings.topic],
+        settings.partitions,
+    )
+    .await?;
+    let schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/session.avsc"))?;
+    Ok(Some(
+        SessionUpdates::new(settings, &config.kafka, sink.client(), schema)
+            .map_err(PipelineError::Kafka)?,
+    ))
 }
 
 #[derive(Clone)]

@@ -2,7 +2,8 @@
 //!
 //! A full replay empties every table of the database, then reads each raw-topic partition from its
 //! first offset to the end it had when the tables were emptied, through the same validation and
-//! sink as the live processor (but publishing no dead letters: they are on their topic already).
+//! sink as the live processor, publishing session updates (the latest message of a session is
+//! its state) but no dead letters (they are on their topic already).
 //! A live processor may keep running: everything it writes and everything the replay writes is
 //! idempotent by event_id, and the replay covers every offset the emptying may have lost. A replay
 //! `from` a time re-reads from the first offset at or after it, into the tables as they are.
@@ -30,7 +31,7 @@ use uuid::Uuid;
 
 use crate::alerts::AlertEvaluator;
 use crate::config::ProcessorConfig;
-use crate::consume::{Pipeline, PipelineError, Source, WrittenOffsets};
+use crate::consume::{Outputs, Pipeline, PipelineError, Source, WrittenOffsets};
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::validate::Validator;
 use crate::StartError;
@@ -142,7 +143,10 @@ pub async fn replay(
         source,
         validator,
         sink.clone(),
-        None,
+        Outputs {
+            dead_letters: None,
+            session_updates: crate::session_updates(&config, &sink).await?,
+        },
         Arc::new(AtomicBool::new(true)),
     )?;
     let written: WrittenOffsets = pipeline.written_offsets();

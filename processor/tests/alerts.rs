@@ -107,9 +107,10 @@ fn with_rule(setup: &Setup, alerts_topic: &str) -> ProcessorConfig {
     config
 }
 
-fn alerts_on(setup: &Setup, topic: &str, expected: usize) -> Vec<AlertMessage> {
+async fn alerts_on(setup: &Setup, topic: &str, expected: usize) -> Vec<AlertMessage> {
     let schema = TopicSchema::load(&repo("schemas/avro/topics/alert.avsc")).unwrap();
     let mut alerts: Vec<AlertMessage> = read_topic(&setup.bootstrap, topic, 4, expected)
+        .await
         .iter()
         .map(|message| decode(&schema, message.payload().unwrap()))
         .collect();
@@ -144,7 +145,7 @@ async fn an_alert_fires_once_per_window_resolves_and_replays_with_the_same_ids()
 
     let alerts_topic = unique_name("alerts");
     let processor = Processor::start(with_rule(&setup, &alerts_topic)).await;
-    let alerts = alerts_on(&setup, &alerts_topic, 4);
+    let alerts = alerts_on(&setup, &alerts_topic, 4).await;
     let window = |minute: u32| at(minute, 0).timestamp();
     let verdicts: Vec<(&str, &str, i64, i64)> = alerts
         .iter()
@@ -189,7 +190,7 @@ async fn an_alert_fires_once_per_window_resolves_and_replays_with_the_same_ids()
     tokio::time::sleep(Duration::from_secs(8)).await;
     processor.stop().await;
     assert_eq!(
-        alerts_on(&setup, &alerts_topic, 4).len(),
+        alerts_on(&setup, &alerts_topic, 4).await.len(),
         4,
         "once per window"
     );
@@ -198,7 +199,7 @@ async fn an_alert_fires_once_per_window_resolves_and_replays_with_the_same_ids()
     let replay = setup.with_fresh_database();
     let replay_topic = unique_name("alerts");
     let processor = Processor::start(with_rule(&replay, &replay_topic)).await;
-    let replayed = alerts_on(&replay, &replay_topic, 4);
+    let replayed = alerts_on(&replay, &replay_topic, 4).await;
     processor.stop().await;
     assert_eq!(replayed, alerts);
 }

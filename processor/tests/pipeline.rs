@@ -406,7 +406,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
                     (partition.parse().unwrap(), offset.parse().unwrap())
                 })
                 .collect();
-            let on_topic = read_topic(&setup.bootstrap, &setup.topic, PARTITIONS, EVENTS);
+            let on_topic = read_topic(&setup.bootstrap, &setup.topic, PARTITIONS, EVENTS).await;
             let missing: Vec<(i32, i64)> = on_topic
                 .iter()
                 .map(|message| (message.partition(), message.offset()))
@@ -677,7 +677,7 @@ async fn dead_letters_carry_the_original_bytes_key_headers_and_the_reason() {
         )
         .await;
 
-    let dead = read_topic(&setup.bootstrap, &format!("{}_dlq", setup.topic), 4, 2);
+    let dead = read_topic(&setup.bootstrap, &format!("{}_dlq", setup.topic), 4, 2).await;
     assert_eq!(
         dead.len(),
         2,
@@ -1061,6 +1061,90 @@ async fn sessions_match_an_oracle_over_late_duplicated_and_failed_events() {
             number("last_update"),
             session.last_received,
             "{session_id} last update"
+        );
+    }
+
+    // The session topic's latest message per session is the session.
+    let schema =
+        eye_core::schemas::TopicSchema::load(&repo("schemas/avro/topics/session.avsc")).unwrap();
+    let mut latest: HashMap<String, Value> = HashMap::new();
+    for message in read_topic(
+        &setup.bootstrap,
+        &format!("{}_sessions", setup.topic),
+        4,
+        actual.len(),
+    )
+    .await
+    {
+        let update = Value::try_from(schema.decode(message.payload().unwrap()).unwrap()).unwrap();
+        latest.insert(
+            String::from_utf8(message.key().unwrap().to_vec()).unwrap(),
+            update,
+        );
+    }
+    assert_eq!(
+        latest.len(),
+        actual.len(),
+        "one key per session with valid events"
+    );
+    for row in &actual {
+        let key = format!(
+            "{}/{}",
+            row["application"].as_str().unwrap(),
+            row["session_id"].as_str().unwrap()
+        );
+        let update = &latest[&key];
+        let number = |value: &Value| {
+            value
+                .as_u64()
+                .or_else(|| value.as_str().and_then(|text| text.parse().ok()))
+                .unwrap()
+        };
+        let by_type: serde_json::Map<String, Value> = row["events_by_type"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| {
+                (
+                    format!(
+                        "{}/{}",
+                        entry[0].as_str().unwrap(),
+                        entry[1].as_str().unwrap()
+                    ),
+                    json!(number(&entry[2])),
+                )
+            })
+            .collect();
+        let path = |value: &Value| match value.as_str() {
+            Some("") | None => Value::Null,
+            Some(path) => json!(path),
+        };
+        assert_eq!(
+            (
+                number(&update["start_time"]),
+                number(&update["end_time"]),
+                number(&update["events"]),
+                update["events_by_type"].clone(),
+                update["entry_path"].clone(),
+                update["exit_path"].clone(),
+                number(&update["distinct_pages"]),
+                update["form_submitted"].as_bool().unwrap(),
+                number(&update["errors"]),
+                number(&update["last_update"]) / 1_000_000,
+            ),
+            (
+                number(&row["first_us"]),
+                number(&row["last_us"]),
+                number(&row["event_count"]),
+                Value::Object(by_type),
+                path(&row["entry_path"]),
+                path(&row["exit_path"]),
+                number(&row["distinct_pages"]),
+                number(&row["form_submitted"]) == 1,
+                number(&row["error_count"]),
+                number(&row["last_update"]),
+            ),
+            "{key}"
         );
     }
     processor.stop().await;

@@ -218,7 +218,8 @@ async fn a_full_replay_rebuilds_every_table_as_it_was_and_republishes_the_same_a
         &config.alerts.topic,
         4,
         2 * live_alerts as usize,
-    );
+    )
+    .await;
     let mut ids: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
     for alert in &alerts {
         *ids.entry(rdkafka::Message::payload(alert).unwrap().to_vec())

@@ -80,6 +80,8 @@ impl Setup {
         config.batch.max_wait_ms = 200;
         config.schemas_dir = repo("schemas");
         config.dead_letter.topic = format!("{}_dlq", self.topic);
+        config.alerts.topic = format!("{}_alerts", self.topic);
+        config.session_updates.topic = format!("{}_sessions", self.topic);
         config
     }
 
@@ -197,7 +199,23 @@ pub fn direct(event: &Value) -> RawMessage {
 }
 
 /// Every message on `topic` (from the beginning), once `expected` have arrived (and a moment more).
-pub fn read_topic(
+/// Read on a blocking thread: the processor under test may share the test's runtime thread, and
+/// must go on publishing meanwhile.
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<OwnedMessage> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        read_topic_blocking(&bootstrap, &topic, partitions, expected)
+    })
+    .await
+    .unwrap()
+}
+
+fn read_topic_blocking(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
@@ -205,7 +223,7 @@ pub fn read_topic(
 ) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("dlq_reader"))
+        .set("group.id", unique_name("reader"))
         .create()
         .unwrap();
     // The processor may not have created the topic yet.

@@ -1,0 +1,235 @@
+//! The session topic (default `eye.sessions`): after each batch, every session it touched, as it
+//! stands in ClickHouse (`sessions` and `session_errors`), in Avro single-object encoding
+//! (`schemas/avro/topics/session.avsc`), keyed `application/session_id`, so other services can
+//! follow sessions without ClickHouse. The state is read after the batch's rows are in, so the
+//! latest message of a session is the session, whatever wrote last (a processor or a replay).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use apache_avro::types::Value as Avro;
+use clickhouse::{Client, Row};
+use eye_core::schemas::TopicSchema;
+use eye_core::settings::KafkaSettings;
+use futures::future::try_join_all;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Sessions read per query: keeps the query text under ClickHouse's `max_query_size`.
+const SESSIONS_PER_QUERY: usize = 2_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionUpdateSettings {
+    /// Publish session updates at all.
+    pub enabled: bool,
+    pub topic: String,
+    /// Partitions the topic is created with when it does not exist.
+    pub partitions: i32,
+}
+
+impl Default for SessionUpdateSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            topic: "eye.sessions".into(),
+            partitions: 4,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionUpdateError {
+    #[error("reading sessions: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("publishing sessions: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("encoding a session: {0}")]
+    Avro(#[from] apache_avro::Error),
+}
+
+/// One session as ClickHouse holds it.
+#[derive(Debug, Row, Deserialize)]
+struct SessionRow {
+    application: String,
+    session: String,
+    first_us: u64,
+    last_us: u64,
+    event_count: u64,
+    /// (category, name) of each valid event.
+    kinds: Vec<(String, String)>,
+    entry: String,
+    exit: String,
+    distinct_pages: u64,
+    submitted: u8,
+    last_received: u64,
+    error_count: u64,
+    error_last_received: u64,
+}
+
+pub struct SessionUpdates {
+    topic: String,
+    client: Client,
+    producer: FutureProducer,
+    schema: TopicSchema,
+}
+
+impl SessionUpdates {
+    pub fn new(
+        settings: &SessionUpdateSettings,
+        kafka: &KafkaSettings,
+        client: Client,
+        schema: TopicSchema,
+    ) -> Result<Self, KafkaError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5");
+        for (key, value) in &kafka.librdkafka {
+            config.set(key, value);
+        }
+        Ok(Self {
+            topic: settings.topic.clone(),
+            client,
+            producer: config.create()?,
+            schema,
+        })
+    }
+
+    /// Publishes the current state of each session and waits for the broker's acknowledgements.
+    pub async fn publish(
+        &self,
+        sessions: &BTreeSet<(String, Uuid)>,
+    ) -> Result<(), SessionUpdateError> {
+        let sessions: Vec<&(String, Uuid)> = sessions.iter().collect();
+        for chunk in sessions.chunks(SESSIONS_PER_QUERY) {
+            let rows = self.read(chunk).await?;
+            let messages = rows
+                .iter()
+                .map(|row| {
+                    Ok((
+                        format!("{}/{}", row.application, row.session),
+                        self.schema.encode(record(row))?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, apache_avro::Error>>()?;
+            try_join_all(messages.iter().map(|(key, payload)| {
+                self.producer.send(
+                    FutureRecord::to(&self.topic).key(key).payload(payload),
+                    Duration::from_secs(30),
+                )
+            }))
+            .await
+            .map_err(|(error, _)| error)?;
+        }
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        sessions: &[&(String, Uuid)],
+    ) -> Result<Vec<SessionRow>, SessionUpdateError> {
+        let wanted = sessions
+            .iter()
+            .map(|(application, session_id)| {
+                format!("('{}', toUUID('{session_id}'))", escape(application))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Aliases differ from the state columns: ClickHouse would read an alias named like its
+        // column as an aggregate inside another.
+        let sql = format!(
+            "SELECT application, toString(session_id) AS session, first_us, last_us, event_count, kinds, \
+             entry, exit, distinct_pages, submitted, last_received, error_count, error_last_received FROM ( \
+               SELECT application, session_id, minMerge(first_event_us) AS first_us, \
+                 maxMerge(last_event_us) AS last_us, uniqExactMerge(events) AS event_count, \
+                 arrayMap(t -> (tupleElement(t, 1), tupleElement(t, 2)), groupUniqArrayMerge(typed_events)) AS kinds, \
+                 argMinIfMerge(entry_path) AS entry, argMaxIfMerge(exit_path) AS exit, \
+                 uniqExactIfMerge(pages) AS distinct_pages, maxMerge(form_submitted) AS submitted, \
+                 maxMerge(last_received_us) AS last_received \
+               FROM sessions WHERE (application, session_id) IN ({wanted}) \
+               GROUP BY application, session_id \
+             ) ANY LEFT JOIN ( \
+               SELECT application, session_id, uniqExactMerge(errors) AS error_count, \
+                 maxMerge(last_received_us) AS error_last_received \
+               FROM session_errors WHERE (application, session_id) IN ({wanted}) \
+               GROUP BY application, session_id \
+             ) USING (application, session_id)"
+        );
+        Ok(self.client.query(&sql).fetch_all().await?)
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
+fn record(row: &SessionRow) -> Avro {
+    let micros = |value: u64| value as i64;
+    let mut by_category: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut by_type: BTreeMap<String, i64> = BTreeMap::new();
+    for (category, name) in &row.kinds {
+        *by_category.entry(category).or_default() += 1;
+        *by_type.entry(format!("{category}/{name}")).or_default() += 1;
+    }
+    let path = |path: &str| match path {
+        "" => Avro::Union(0, Box::new(Avro::Null)),
+        path => Avro::Union(1, Box::new(Avro::String(path.to_string()))),
+    };
+    Avro::Record(vec![
+        ("application".into(), Avro::String(row.application.clone())),
+        (
+            "session_id".into(),
+            Avro::Uuid(Uuid::parse_str(&row.session).unwrap_or_default()),
+        ),
+        (
+            "start_time".into(),
+            Avro::TimestampMicros(micros(row.first_us)),
+        ),
+        (
+            "end_time".into(),
+            Avro::TimestampMicros(micros(row.last_us)),
+        ),
+        (
+            "duration_us".into(),
+            Avro::Long(micros(row.last_us) - micros(row.first_us)),
+        ),
+        ("events".into(), Avro::Long(row.event_count as i64)),
+        (
+            "events_by_category".into(),
+            Avro::Map(
+                by_category
+                    .into_iter()
+                    .map(|(key, count)| (key.to_string(), Avro::Long(count)))
+                    .collect(),
+            ),
+        ),
+        (
+            "events_by_type".into(),
+            Avro::Map(
+                by_type
+                    .into_iter()
+                    .map(|(key, count)| (key, Avro::Long(count)))
+                    .collect(),
+            ),
+        ),
+        ("entry_path".into(), path(&row.entry)),
+        ("exit_path".into(), path(&row.exit)),
+        (
+            "distinct_pages".into(),
+            Avro::Long(row.distinct_pages as i64),
+        ),
+        ("form_submitted".into(), Avro::Boolean(row.submitted > 0)),
+        ("errors".into(), Avro::Long(row.error_count as i64)),
+        (
+            "last_update".into(),
+            Avro::TimestampMicros(micros(row.last_received.max(row.error_last_received))),
+        ),
+    ])
+}
