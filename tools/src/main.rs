@@ -1,6 +1,7 @@
 //! `eye`: tools around The Eye's pipeline.
 
 mod bench;
+mod load;
 mod produce;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,9 @@ enum Command {
     /// Produce a file's events straight to the raw Kafka topic, as JSON or as Avro
     /// single-object encoding (the direct-produce contract; see the README).
     Produce(produce::ProduceArgs),
+    /// Generate realistic traffic (sessions, an event mix, failures, disorder, duplicates) over
+    /// HTTP or straight to Kafka; print throughput and reply-latency percentiles.
+    Load(load::LoadArgs),
     /// Benchmarks against running services (start them with `cargo dev run`).
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -26,6 +30,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Produce(args) => produce::run(args).await,
+        Command::Load(args) => load::run(args).await,
         Command::Bench(bench) => bench::run(bench).await,
     }
 }
