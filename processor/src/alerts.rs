@@ -659,7 +659,7 @@ struct Decision {
     counts: WindowCounts,
 }
 
-pub fn alert_id(rule: &str, key: &Key, window_start: u32) -> Uuid {
+fn alert_id(rule: &str, key: &Key, window_start: u32) -> Uuid {
     let (application, category, name) = key;
     let text = format!("{rule}\n{application}\n{category}\n{name}\n{window_start}");
     Uuid::new_v5(&ALERT_ID_NAMESPACE, text.as_bytes())

@@ -59,8 +59,8 @@ struct SessionRow {
     first_us: u64,
     last_us: u64,
     event_count: u64,
-    /// (category, name) of each valid event.
-    kinds: Vec<(String, String)>,
+    /// Valid events per (category, name).
+    by_type: Vec<(String, String, u64)>,
     entry: String,
     exit: String,
     distinct_pages: u64,
@@ -143,9 +143,12 @@ impl SessionUpdates {
             .collect::<Vec<_>>()
             .join(", ");
         // Aliases differ from the state columns: ClickHouse would read an alias named like its
-        // column as an aggregate inside another.
+        // column as an aggregate inside another. Counts are made in ClickHouse: a long session's
+        // event list stays there.
         let sql = format!(
-            "SELECT application, toString(session_id) AS session, first_us, last_us, event_count, kinds, \
+            "SELECT application, toString(session_id) AS session, first_us, last_us, event_count, \
+             arrayMap(kind -> (tupleElement(kind, 1), tupleElement(kind, 2), toUInt64(countEqual(kinds, kind))), \
+               arrayDistinct(kinds)) AS by_type, \
              entry, exit, distinct_pages, submitted, last_received, error_count, error_last_received FROM ( \
                SELECT application, session_id, minMerge(first_event_us) AS first_us, \
                  maxMerge(last_event_us) AS last_us, uniqExactMerge(events) AS event_count, \
@@ -174,9 +177,9 @@ fn record(row: &SessionRow) -> Avro {
     let micros = |value: u64| value as i64;
     let mut by_category: BTreeMap<&str, i64> = BTreeMap::new();
     let mut by_type: BTreeMap<String, i64> = BTreeMap::new();
-    for (category, name) in &row.kinds {
-        *by_category.entry(category).or_default() += 1;
-        *by_type.entry(format!("{category}/{name}")).or_default() += 1;
+    for (category, name, count) in &row.by_type {
+        *by_category.entry(category).or_default() += *count as i64;
+        *by_type.entry(format!("{category}/{name}")).or_default() += *count as i64;
     }
     let path = |path: &str| match path {
         "" => Avro::Union(0, Box::new(Avro::Null)),
