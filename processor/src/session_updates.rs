@@ -4,7 +4,7 @@
 //! follow sessions without ClickHouse. The state is read after the batch's rows are in, so the
 //! latest message of a session is the session, whatever wrote last (a processor or a replay).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
@@ -18,8 +18,15 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Sessions read per query: keeps the query text under ClickHouse's `max_query_size`.
-const SESSIONS_PER_QUERY: usize = 2_000;
+/// Sessions read per query. Each query reads `sessions` and `session_errors` through (a batch's
+/// sessions are spread over the whole key range), so a batch's sessions go in one query; its text
+/// exceeds ClickHouse's default limits on query text and syntax tree, raised for it.
+const SESSIONS_PER_QUERY: usize = 100_000;
+const QUERY_LIMITS: [(&str, &str); 3] = [
+    ("max_query_size", "16777216"),
+    ("max_ast_elements", "10000000"),
+    ("max_expanded_ast_elements", "10000000"),
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -135,11 +142,11 @@ impl SessionUpdates {
         &self,
         sessions: &[&(String, Uuid)],
     ) -> Result<Vec<SessionRow>, SessionUpdateError> {
+        // Plain literals: a list of `(application, toUUID(…))` tuples takes ClickHouse far longer
+        // to parse. The applications are matched below.
         let wanted = sessions
             .iter()
-            .map(|(application, session_id)| {
-                format!("('{}', toUUID('{session_id}'))", escape(application))
-            })
+            .map(|(_, session_id)| format!("'{session_id}'"))
             .collect::<Vec<_>>()
             .join(", ");
         // Aliases differ from the state columns: ClickHouse would read an alias named like its
@@ -156,21 +163,32 @@ impl SessionUpdates {
                  argMinIfMerge(entry_path) AS entry, argMaxIfMerge(exit_path) AS exit, \
                  uniqExactIfMerge(pages) AS distinct_pages, maxMerge(form_submitted) AS submitted, \
                  maxMerge(last_received_us) AS last_received \
-               FROM sessions WHERE (application, session_id) IN ({wanted}) \
+               FROM sessions WHERE session_id IN ({wanted}) \
                GROUP BY application, session_id \
              ) ANY LEFT JOIN ( \
                SELECT application, session_id, uniqExactMerge(errors) AS error_count, \
                  maxMerge(last_received_us) AS error_last_received \
-               FROM session_errors WHERE (application, session_id) IN ({wanted}) \
+               FROM session_errors WHERE session_id IN ({wanted}) \
                GROUP BY application, session_id \
              ) USING (application, session_id)"
         );
-        Ok(self.client.query(&sql).fetch_all().await?)
+        let mut query = self.client.query(&sql);
+        for (setting, value) in QUERY_LIMITS {
+            query = query.with_setting(setting, value);
+        }
+        let rows: Vec<SessionRow> = query.fetch_all().await?;
+        let keys: HashSet<(&str, Uuid)> = sessions
+            .iter()
+            .map(|(application, session_id)| (application.as_str(), *session_id))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .filter(|row| {
+                Uuid::parse_str(&row.session)
+                    .is_ok_and(|session_id| keys.contains(&(row.application.as_str(), session_id)))
+            })
+            .collect())
     }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('\'', "\\'")
 }
 
 fn record(row: &SessionRow) -> Avro {
