@@ -45,6 +45,10 @@ enum Cmd {
     Status,
     /// `up`, then build and start the ingest bridge and the processor in the background.
     Run(Ports),
+    /// `run` (the broker in memory), then every benchmark of `eye bench` in turn against it:
+    /// ingest beside its producer ceiling, processor beside its consumer ceiling, end to end at
+    /// 1,000 events/s, and queries over 10M events. Each prints a table.
+    Bench(Ports),
     /// Install the services the tests start, run `cargo test` for the whole workspace, and end
     /// with a total line `summary: N passed, M failed`.
     Test {
@@ -165,6 +169,12 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
             start_pipeline(&state, &ports)?;
             status(&state);
         }
+        Cmd::Bench(mut ports) => {
+            ports.memory = true;
+            up(&state, &ports)?;
+            start_pipeline(&state, &ports)?;
+            bench(&ports)?;
+        }
         Cmd::Test { cargo_test_args } => return test(&cargo_test_args),
     }
     Ok(ExitCode::SUCCESS)
@@ -265,6 +275,48 @@ fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
         ),
         &format!("http://{processor_listen}/metrics, consuming {RAW_TOPIC} into {clickhouse}"),
     )?;
+    Ok(())
+}
+
+/// Runs each `eye bench` scenario against the services `ports` names, printing its command first.
+fn bench(ports: &Ports) -> Result<()> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "--bin", "eye"])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed: {status}");
+    }
+    let kafka = format!("127.0.0.1:{}", ports.kafka_port);
+    let clickhouse = format!("http://127.0.0.1:{}", ports.clickhouse_http_port);
+    let ingest = format!("http://127.0.0.1:{}/v1/events", ports.ingest_port);
+    let scenarios: [Vec<&str>; 4] = [
+        vec!["ingest", "--url", &ingest, "--brokers", &kafka],
+        vec![
+            "processor",
+            "--brokers",
+            &kafka,
+            "--clickhouse-url",
+            &clickhouse,
+        ],
+        vec!["e2e", "--url", &ingest, "--clickhouse-url", &clickhouse],
+        vec!["queries", "--clickhouse-url", &clickhouse],
+    ];
+    for args in scenarios {
+        println!("\n$ target/release/eye bench {}", args.join(" "));
+        let status = Command::new(root.join("target/release/eye"))
+            .current_dir(&root)
+            .arg("bench")
+            .args(&args)
+            .status()
+            .context("running eye bench")?;
+        if !status.success() {
+            bail!("eye bench {} failed: {status}", args[0]);
+        }
+    }
     Ok(())
 }
 
