@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dead_letter::acknowledged_producer;
 use apache_avro::types::Value as Avro;
 use clickhouse::{Client, Row};
 use eye_core::schemas::TopicSchema;
 use eye_core::settings::KafkaSettings;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -253,19 +253,11 @@ impl AlertEvaluator {
         schema: TopicSchema,
     ) -> Result<Self, AlertError> {
         settings.check()?;
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true");
-        for (key, value) in &kafka.librdkafka {
-            config.set(key, value);
-        }
         Ok(Self {
             settings,
             raw_topic: raw_topic.to_string(),
             client,
-            producer: config.create()?,
+            producer: acknowledged_producer(kafka)?,
             schema,
             owns_first_partition: Arc::default(),
         })

@@ -572,21 +572,33 @@ impl Pipeline {
                         .copied()
                         .unwrap_or(written)
                         .max(written);
-                    WatermarkRow {
-                        topic: self.config.consumer.topic.clone(),
-                        partition,
-                        next_offset: written,
-                        high_watermark: end,
-                        lag: end - written,
-                        event_time: 0,
-                        received_time: 0,
-                        updated_at,
-                    }
+                    self.position_row(partition, written, end, updated_at)
                 })
                 .collect()
         };
         if let Err(error) = self.sink.insert_watermarks(rows.iter()).await {
             warn!(%error, "reporting where the replay ended");
+        }
+    }
+
+    /// A progress report that says where a partition stands and carries no times (the
+    /// watermark aggregates keep the latest times already reported).
+    fn position_row(
+        &self,
+        partition: i32,
+        written: i64,
+        end: i64,
+        updated_at: u32,
+    ) -> WatermarkRow {
+        WatermarkRow {
+            topic: self.config.consumer.topic.clone(),
+            partition,
+            next_offset: written,
+            high_watermark: end,
+            lag: end - written,
+            event_time: 0,
+            received_time: 0,
+            updated_at,
         }
     }
 
@@ -598,16 +610,7 @@ impl Pipeline {
             progress
                 .caught_up
                 .iter()
-                .map(|(&partition, &end)| WatermarkRow {
-                    topic: self.config.consumer.topic.clone(),
-                    partition,
-                    next_offset: end,
-                    high_watermark: end,
-                    lag: 0,
-                    event_time: 0,
-                    received_time: 0,
-                    updated_at,
-                })
+                .map(|(&partition, &end)| self.position_row(partition, end, end, updated_at))
                 .collect()
         };
         if let Err(error) = self.sink.insert_watermarks(rows.iter()).await {

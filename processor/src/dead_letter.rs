@@ -39,6 +39,22 @@ impl Default for DeadLetterSettings {
     }
 }
 
+/// A producer for the topics the processor publishes (dead letters, alerts, session updates):
+/// every message acknowledged by all replicas, idempotent, compressed.
+pub fn acknowledged_producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5");
+    for (key, value) in &kafka.librdkafka {
+        config.set(key, value);
+    }
+    config.create()
+}
+
 /// A failed event: its `event_errors` row and the message's original key and headers.
 #[derive(Debug, Clone)]
 pub struct FailedMessage {
@@ -59,18 +75,8 @@ impl DeadLetterSink {
         settings: &DeadLetterSettings,
         source_topic: &str,
     ) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5");
-        for (key, value) in &kafka.librdkafka {
-            config.set(key, value);
-        }
         Ok(Self {
-            producer: config.create()?,
+            producer: acknowledged_producer(kafka)?,
             topic: settings.topic.clone(),
             source_topic: source_topic.to_string(),
         })

@@ -61,17 +61,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let registry = SchemaRegistry::load(&config.schemas_dir.join("avro"))?;
-    let validator = Validator::new(
-        registry,
-        chrono::Duration::seconds(config.validation.future_tolerance_seconds),
-    );
-    let sink = ClickHouseSink::new(&config.clickhouse);
-    sink.apply_ddl(
-        &config.clickhouse.database,
-        &config.schemas_dir.join("clickhouse"),
-    )
-    .await?;
+    let (validator, sink) = prepare(&config).await?;
     eye_core::kafka::create_topics(
         &config.kafka.brokers,
         &[&config.dead_letter.topic],
@@ -141,6 +131,24 @@ pub async fn run(
         let _ = alerts.await;
     }
     Ok(())
+}
+
+/// The validator over the event schemas, and the ClickHouse sink with its tables created.
+pub(crate) async fn prepare(
+    config: &ProcessorConfig,
+) -> Result<(Validator, ClickHouseSink), StartError> {
+    let registry = SchemaRegistry::load(&config.schemas_dir.join("avro"))?;
+    let validator = Validator::new(
+        registry,
+        chrono::Duration::seconds(config.validation.future_tolerance_seconds),
+    );
+    let sink = ClickHouseSink::new(&config.clickhouse);
+    sink.apply_ddl(
+        &config.clickhouse.database,
+        &config.schemas_dir.join("clickhouse"),
+    )
+    .await?;
+    Ok((validator, sink))
 }
 
 /// The session-topic publisher, its topic created, when enabled.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
-use eye_core::schemas::{SchemaRegistry, TopicSchema};
+use eye_core::schemas::TopicSchema;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
@@ -33,7 +33,6 @@ use crate::alerts::AlertEvaluator;
 use crate::config::ProcessorConfig;
 use crate::consume::{Outputs, Pipeline, PipelineError, Source, WrittenOffsets};
 use crate::sink::{ClickHouseSink, SinkError};
-use crate::validate::Validator;
 use crate::StartError;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -69,17 +68,7 @@ pub async fn replay(
     mut on_progress: impl FnMut(&BTreeMap<i32, i64>),
 ) -> Result<ReplaySummary, StartError> {
     let started = Instant::now();
-    let registry = SchemaRegistry::load(&config.schemas_dir.join("avro"))?;
-    let validator = Validator::new(
-        registry,
-        chrono::Duration::seconds(config.validation.future_tolerance_seconds),
-    );
-    let sink = ClickHouseSink::new(&config.clickhouse);
-    sink.apply_ddl(
-        &config.clickhouse.database,
-        &config.schemas_dir.join("clickhouse"),
-    )
-    .await?;
+    let (validator, sink) = crate::prepare(&config).await?;
     let client = sink.client();
 
     let replay_id = Uuid::now_v7();

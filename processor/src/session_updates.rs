@@ -14,9 +14,10 @@ use eye_core::settings::KafkaSettings;
 use futures::future::try_join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::dead_letter::acknowledged_producer;
 
 /// Sessions read per query. Each query reads `sessions` and `session_errors` through (a batch's
 /// sessions are spread over the whole key range), so a batch's sessions go in one query; its text
@@ -91,20 +92,10 @@ impl SessionUpdates {
         client: Client,
         schema: TopicSchema,
     ) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5");
-        for (key, value) in &kafka.librdkafka {
-            config.set(key, value);
-        }
         Ok(Self {
             topic: settings.topic.clone(),
             client,
-            producer: config.create()?,
+            producer: acknowledged_producer(kafka)?,
             schema,
         })
     }
