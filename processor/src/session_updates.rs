@@ -19,15 +19,11 @@ use uuid::Uuid;
 
 use crate::dead_letter::acknowledged_producer;
 
-/// Sessions read per query. Each query reads `sessions` and `session_errors` through (a batch's
-/// sessions are spread over the whole key range), so a batch's sessions go in one query; its text
-/// exceeds ClickHouse's default limits on query text and syntax tree, raised for it.
+/// Sessions read per query. The ids travel as one string literal, split in ClickHouse: a list of
+/// literals takes ClickHouse ~15 µs each to parse (0.7 s for 47,000). The text still exceeds the
+/// default `max_query_size`, raised for it.
 const SESSIONS_PER_QUERY: usize = 100_000;
-const QUERY_LIMITS: [(&str, &str); 3] = [
-    ("max_query_size", "16777216"),
-    ("max_ast_elements", "10000000"),
-    ("max_expanded_ast_elements", "10000000"),
-];
+const MAX_QUERY_SIZE: &str = "16777216";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -133,13 +129,13 @@ impl SessionUpdates {
         &self,
         sessions: &[&(String, Uuid)],
     ) -> Result<Vec<SessionRow>, SessionUpdateError> {
-        // Plain literals: a list of `(application, toUUID(…))` tuples takes ClickHouse far longer
-        // to parse. The applications are matched below.
-        let wanted = sessions
+        // Session ids only: the applications are matched below.
+        let ids = sessions
             .iter()
-            .map(|(_, session_id)| format!("'{session_id}'"))
+            .map(|(_, session_id)| session_id.to_string())
             .collect::<Vec<_>>()
-            .join(", ");
+            .join(",");
+        let wanted = format!("SELECT toUUID(arrayJoin(splitByChar(',', '{ids}')))");
         // Aliases differ from the state columns: ClickHouse would read an alias named like its
         // column as an aggregate inside another. Counts are made in ClickHouse: a long session's
         // event list stays there.
@@ -163,11 +159,12 @@ impl SessionUpdates {
                GROUP BY application, session_id \
              ) USING (application, session_id)"
         );
-        let mut query = self.client.query(&sql);
-        for (setting, value) in QUERY_LIMITS {
-            query = query.with_setting(setting, value);
-        }
-        let rows: Vec<SessionRow> = query.fetch_all().await?;
+        let rows: Vec<SessionRow> = self
+            .client
+            .query(&sql)
+            .with_setting("max_query_size", MAX_QUERY_SIZE)
+            .fetch_all()
+            .await?;
         let keys: HashSet<(&str, Uuid)> = sessions
             .iter()
             .map(|(application, session_id)| (application.as_str(), *session_id))

@@ -8,3 +8,6 @@ CREATE TABLE IF NOT EXISTS session_errors
 )
 ENGINE = AggregatingMergeTree()
 ORDER BY (application, session_id)
+-- Small granules: the processor reads back the few sessions of each batch (the session topic),
+-- scattered over the key range; 8192-row granules would make that read nearly the whole table.
+SETTINGS index_granularity = 256

@@ -1,0 +1,191 @@
+//! End to end: a steady rate through running services, 202 to visible row.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::reference_events;
+
+#[derive(Args)]
+pub struct E2eBench {
+    #[arg(long, default_value = "http://127.0.0.1:8080/v1/events")]
+    url: String,
+    #[arg(long, default_value = "eye-local-dev-key")]
+    api_key: String,
+    #[arg(long, default_value = "http://127.0.0.1:8123")]
+    clickhouse_url: String,
+    #[arg(long, default_value = "eye")]
+    database: String,
+    #[arg(long, default_value = eye_core::raw::DEFAULT_RAW_TOPIC)]
+    topic: String,
+    /// Events (requests) per second.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Concurrent clients sharing the rate.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// How often ClickHouse is polled for new rows: the resolution of the figures.
+    #[arg(long, default_value_t = 100)]
+    poll_ms: u64,
+}
+
+/// POSTs a steady rate of pageviews with their own ids, and polls `events` for them.
+pub async fn run(args: E2eBench) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
+    let replied: Arc<std::sync::Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let period = Duration::from_secs_f64(args.clients as f64 / args.rate.max(1) as f64);
+    let clients: Vec<_> = (0..args.clients)
+        .map(|client| {
+            let (http, url, key, replied, refused) = (
+                http.clone(),
+                args.url.clone(),
+                args.api_key.clone(),
+                replied.clone(),
+                refused.clone(),
+            );
+            let first =
+                tokio::time::Instant::now() + period.mul_f64(client as f64 / args.clients as f64);
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval_at(first, period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while Instant::now() < deadline {
+                    ticks.tick().await;
+                    let event_id = Uuid::now_v7();
+                    let mut event = reference_events(1).remove(0);
+                    event["event_id"] = json!(event_id.to_string());
+                    event["timestamp"] = json!(chrono::Utc::now()
+                        .format("%Y-%m-%d %H:%M:%S%.6f")
+                        .to_string());
+                    let response = http
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .header("content-type", "application/json")
+                        .body(event.to_string())
+                        .send()
+                        .await;
+                    match response {
+                        Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
+                            replied
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(event_id, Instant::now());
+                        }
+                        _ => {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Poll for rows until every accepted event is seen (or 30 s after the last request).
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut seen: std::collections::HashSet<Uuid> = Default::default();
+    let mut lag_series: Vec<(u64, i64)> = Vec::new();
+    let mut next_lag = Instant::now();
+    let since = (started_at - chrono::Duration::seconds(5))
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let rows_sql = format!(
+        "SELECT toString(event_id) FROM {db}.events WHERE category = 'page interaction' \
+         AND name = 'pageview' AND timestamp >= toDateTime('{since}', 'UTC') FORMAT TSV",
+        db = args.database
+    );
+    let lag_sql = format!(
+        "SELECT sum(lag) FROM {db}.ingest_watermarks WHERE topic = '{topic}'",
+        db = args.database,
+        topic = args.topic
+    );
+    let query = |sql: String| {
+        let http = http.clone();
+        let url = args.clickhouse_url.clone();
+        async move {
+            http.post(&url)
+                .body(sql)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        }
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
+        let now = Instant::now();
+        let rows = query(rows_sql.clone()).await?;
+        {
+            let replied = replied.lock().unwrap_or_else(|p| p.into_inner());
+            for line in rows.lines() {
+                let Ok(event_id) = Uuid::parse_str(line.trim()) else {
+                    continue;
+                };
+                if let Some(reply) = replied.get(&event_id) {
+                    if seen.insert(event_id) {
+                        latency_us.saturating_record(
+                            now.saturating_duration_since(*reply).as_micros().max(1) as u64,
+                        );
+                    }
+                }
+            }
+        }
+        if now >= next_lag {
+            let lag = query(lag_sql.clone()).await?.trim().parse().unwrap_or(0);
+            lag_series.push((started.elapsed().as_secs(), lag));
+            next_lag = now + Duration::from_secs(1);
+        }
+        let accepted = replied.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let sending = Instant::now() < deadline;
+        if !sending && seen.len() >= accepted {
+            break;
+        }
+        if Instant::now() > deadline + Duration::from_secs(30) {
+            break;
+        }
+    }
+    for client in clients {
+        client.await?;
+    }
+    let accepted = replied.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let ms = |quantile: f64| latency_us.value_at_quantile(quantile) as f64 / 1000.0;
+    let lag_max = lag_series.iter().map(|(_, lag)| *lag).max().unwrap_or(0);
+    let lag_end = lag_series.last().map(|(_, lag)| *lag).unwrap_or(0);
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| rate × seconds | {} × {} |", args.rate, args.seconds);
+    println!("| accepted (202) | {accepted} |");
+    println!(
+        "| refused | {} |",
+        refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!("| rows seen in events | {} |", seen.len());
+    println!("| 202 → row visible p50 | {:.0} ms |", ms(0.5));
+    println!("| 202 → row visible p99 | {:.0} ms |", ms(0.99));
+    println!(
+        "| 202 → row visible max | {:.0} ms |",
+        latency_us.max() as f64 / 1000.0
+    );
+    println!("| resolution (poll interval) | {} ms |", args.poll_ms);
+    println!("| consumer lag max / at end | {lag_max} / {lag_end} |");
+    let series: Vec<String> = lag_series
+        .iter()
+        .step_by(5)
+        .map(|(second, lag)| format!("{second}s:{lag}"))
+        .collect();
+    println!("| consumer lag every 5 s | {} |", series.join(" "));
+    Ok(())
+}

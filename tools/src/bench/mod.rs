@@ -1,0 +1,82 @@
+//! `eye bench`: throughput and latency figures against running services. Benchmarks print
+//! figures; nothing here asserts a target.
+
+mod e2e;
+mod ingest;
+mod processor;
+mod queries;
+
+use clap::Subcommand;
+use serde_json::{json, Value as Json};
+use uuid::Uuid;
+
+pub use e2e::E2eBench;
+pub use ingest::IngestBench;
+pub use processor::ProcessorBench;
+pub use queries::QueriesBench;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// POST events to a running ingest bridge: batched and single-event requests.
+    Ingest(IngestBench),
+    /// Fill a fresh topic, then time the processor (release binary) turning it into rows, beside
+    /// a plain consumer reading the same topic.
+    Processor(ProcessorBench),
+    /// End to end through running services: a steady rate of single-event requests; the time
+    /// from each 202 until its row is visible in `events`, and the consumer lag over time.
+    E2e(E2eBench),
+    /// Query latency and rows read (from `system.query_log`) of the README's questions over a
+    /// fresh database filled with generated events (through the same tables and views).
+    Queries(QueriesBench),
+}
+
+pub async fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Ingest(args) => ingest::run(args).await,
+        Bench::Processor(args) => processor::run(args).await,
+        Bench::E2e(args) => e2e::run(args).await,
+        Bench::Queries(args) => queries::run(args).await,
+    }
+}
+
+pub(crate) fn reference_events(count: usize) -> Vec<Json> {
+    let session = Uuid::new_v4().to_string();
+    let kinds = [
+        json!({"category": "page interaction", "name": "pageview", "data": {"host": "www.example.com", "path": "/"}}),
+        json!({"category": "page interaction", "name": "cta click", "data": {"host": "www.example.com", "path": "/", "element": "chat bubble"}}),
+        json!({"category": "form interaction", "name": "submit", "data": {"host": "www.example.com", "path": "/", "form": {"first_name": "John", "last_name": "Doe"}}}),
+    ];
+    (0..count)
+        .map(|index| {
+            let mut event = kinds[index % 3].clone();
+            event["session_id"] = json!(session);
+            event["timestamp"] = json!("2021-01-01 09:15:27.243860");
+            event
+        })
+        .collect()
+}
+
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU seconds of a running process, from /proc (clock ticks of 1/100 s).
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}

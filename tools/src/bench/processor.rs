@@ -1,0 +1,395 @@
+//! Processor: a pre-filled topic to rows, beside its ceilings.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use eye_core::kafka::create_topics;
+use rand::Rng;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{cpu_seconds, reference_events, rss_kib};
+
+#[derive(Args)]
+pub struct ProcessorBench {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "http://127.0.0.1:8123")]
+    clickhouse_url: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Share of invalid events, in percent.
+    #[arg(long, default_value_t = 5)]
+    invalid_percent: usize,
+    /// Events of each session.
+    #[arg(long, default_value_t = 10)]
+    events_per_session: usize,
+    /// Sessions open at once: each event goes to one of them at random, so a session's events
+    /// are spread over the topic as concurrent users' would be.
+    #[arg(long, default_value_t = 10_000)]
+    open_sessions: usize,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    #[arg(long, default_value = "target/release/eye-processor")]
+    processor_bin: PathBuf,
+    #[arg(long, default_value = "schemas")]
+    schemas_dir: PathBuf,
+    /// For the insert ceiling: `clickhouse-client` and the native port of the same server.
+    #[arg(long, default_value = "clickhouse-client")]
+    clickhouse_client: PathBuf,
+    #[arg(long, default_value_t = 9000)]
+    clickhouse_tcp_port: u16,
+    /// Skip the comparison with ClickHouse's own Kafka table engine.
+    #[arg(long)]
+    no_kafka_engine: bool,
+}
+
+pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
+    if !args.processor_bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release --bin eye-processor`",
+            args.processor_bin.display()
+        );
+    }
+    let run_id = Uuid::now_v7().simple().to_string();
+    let topic = format!("eye.bench.{run_id}");
+    let database = format!("eye_bench_{run_id}");
+    create_topics(&args.brokers, &[&topic], args.partitions).await?;
+
+    // Fill the topic: the reference types in turn, every 1/share-th event invalid.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("queue.buffering.max.kbytes", "4000000")
+        .create()?;
+    let invalid_every = 100usize
+        .checked_div(args.invalid_percent)
+        .filter(|&every| every > 0)
+        .unwrap_or(usize::MAX);
+    let template = reference_events(3);
+    let mut rng = rand::rng();
+    let per_session = args.events_per_session.max(1);
+    let mut open: Vec<(String, usize)> = (0..args.open_sessions.max(1))
+        .map(|_| (Uuid::new_v4().to_string(), per_session))
+        .collect();
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(args.events);
+    for index in 0..args.events {
+        let mut event = template[index % 3].clone();
+        let slot = rng.random_range(0..open.len());
+        let session = open[slot].0.clone();
+        open[slot].1 -= 1;
+        if open[slot].1 == 0 {
+            open[slot] = (Uuid::new_v4().to_string(), per_session);
+        }
+        event["session_id"] = json!(session);
+        if index % invalid_every == invalid_every - 1 {
+            event["data"]["path"] = json!(index);
+        }
+        let payload = event.to_string();
+        let record = FutureRecord::to(&topic).key(&session).payload(&payload);
+        deliveries.push(producer.send_result(record).map_err(|(error, _)| error)?);
+    }
+    for delivery in futures::future::join_all(deliveries).await {
+        delivery?.map_err(|(error, _)| error)?;
+    }
+    let produce_rate = args.events as f64 / started.elapsed().as_secs_f64();
+
+    // Ceiling: a plain consumer reading the same messages, without processing.
+    let consume_rate = consume_all(&args.brokers, &topic, args.partitions, args.events)?;
+
+    let http = reqwest::Client::new();
+    let count_sql = format!("SELECT (SELECT count() FROM {database}.events) + (SELECT count() FROM {database}.event_errors)");
+    let health_port = eye_devenv::free_port();
+    let mut child = Command::new(&args.processor_bin)
+        .env("EYE_LISTEN", format!("127.0.0.1:{health_port}"))
+        .env("EYE_KAFKA__BROKERS", &args.brokers)
+        .env("EYE_CONSUMER__TOPIC", &topic)
+        .env("EYE_CONSUMER__GROUP_ID", format!("bench-{run_id}"))
+        .env("EYE_CLICKHOUSE__URL", &args.clickhouse_url)
+        .env("EYE_CLICKHOUSE__DATABASE", &database)
+        .env("EYE_SCHEMAS_DIR", &args.schemas_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the processor")?;
+    let started = Instant::now();
+    let mut peak_rss_kib = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak_rss_kib = peak_rss_kib.max(rss_kib(child.id()));
+        let text = match http
+            .post(&args.clickhouse_url)
+            .body(count_sql.clone())
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.trim().parse::<u64>().unwrap_or(0) >= args.events as u64 {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the processor exited early: {status}");
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("the processor did not finish within 30 minutes");
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_seconds = cpu_seconds(child.id());
+    child.kill()?;
+    child.wait()?;
+
+    let insert = insert_ceiling(&args, &http, &database).await?;
+    let kafka_engine = if args.no_kafka_engine {
+        None
+    } else {
+        Some(kafka_engine(&args, &http, &topic, &run_id).await?)
+    };
+    sql(
+        &http,
+        &args.clickhouse_url,
+        format!("DROP DATABASE IF EXISTS {database}"),
+    )
+    .await?;
+
+    let rate = args.events as f64 / elapsed;
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| events ({}% invalid), {} per session, {} sessions open at once | {} |",
+        args.invalid_percent, per_session, args.open_sessions, args.events
+    );
+    println!("| fill the topic (produce) | {produce_rate:.0} events/s |");
+    println!("| ceiling: plain consumer | {consume_rate:.0} events/s |");
+    println!(
+        "| ceiling: clickhouse-client inserting the processor's rows (RowBinary file, same tables and views) | {:.0} rows/s ({} rows in {:.1} s) |",
+        insert.rows as f64 / insert.seconds,
+        insert.rows,
+        insert.seconds
+    );
+    println!("| processor: topic → ClickHouse rows | {rate:.0} events/s ({elapsed:.1} s) |");
+    println!(
+        "| processor / consume ceiling | {:.0}% |",
+        100.0 * rate / consume_rate
+    );
+    println!(
+        "| processor / insert ceiling | {:.0}% |",
+        100.0 * rate * insert.seconds / insert.rows as f64
+    );
+    println!(
+        "| processor CPU | {:.1} s per million events |",
+        cpu_seconds * 1e6 / args.events as f64
+    );
+    println!(
+        "| processor peak RSS | {:.0} MB |",
+        peak_rss_kib as f64 / 1024.0
+    );
+    match kafka_engine {
+        Some(KafkaEngine::Finished { seconds }) => println!(
+            "| ClickHouse Kafka engine + materialized view, no validation | {:.0} events/s ({seconds:.1} s); processor / it: {:.0}% |",
+            args.events as f64 / seconds,
+            100.0 * rate * seconds / args.events as f64
+        ),
+        Some(KafkaEngine::Stalled { rows, seconds }) => println!(
+            "| ClickHouse Kafka engine + materialized view, no validation | stalled: {rows} of {} rows after {seconds:.0} s |",
+            args.events
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
+fn consume_all(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-ceiling-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < expected {
+        if let Some(message) = consumer.poll(Duration::from_secs(10)) {
+            message?;
+            seen += 1;
+        } else {
+            bail!("the topic ran dry after {seen} of {expected} messages");
+        }
+    }
+    Ok(expected as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn sql(http: &reqwest::Client, url: &str, query: String) -> anyhow::Result<bytes::Bytes> {
+    let response = http.post(url).body(query.clone()).send().await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        bail!("{query}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(body)
+}
+
+struct InsertCeiling {
+    rows: u64,
+    seconds: f64,
+}
+
+/// The processor's rows, exported as RowBinary files, inserted by `clickhouse-client` into a fresh
+/// database with the same tables and materialized views: what ClickHouse takes without us.
+async fn insert_ceiling(
+    args: &ProcessorBench,
+    http: &reqwest::Client,
+    source: &str,
+) -> anyhow::Result<InsertCeiling> {
+    let target = format!("{source}_insert");
+    let settings = eye_processor::config::ClickHouseSettings {
+        url: args.clickhouse_url.clone(),
+        database: target.clone(),
+        ..Default::default()
+    };
+    eye_processor::sink::ClickHouseSink::new(&settings)
+        .apply_ddl(&target, &args.schemas_dir.join("clickhouse"))
+        .await?;
+    let files = tempfile::tempdir()?;
+    let mut rows = 0;
+    let mut seconds = 0.0;
+    for table in ["events", "event_errors"] {
+        let file = files.path().join(format!("{table}.rowbinary"));
+        let body = sql(
+            http,
+            &args.clickhouse_url,
+            format!("SELECT * FROM {source}.{table} FORMAT RowBinary"),
+        )
+        .await?;
+        std::fs::write(&file, &body)?;
+        rows += std::str::from_utf8(
+            &sql(
+                http,
+                &args.clickhouse_url,
+                format!("SELECT count() FROM {source}.{table}"),
+            )
+            .await?,
+        )?
+        .trim()
+        .parse::<u64>()?;
+        let started = Instant::now();
+        let status = Command::new(&args.clickhouse_client)
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(args.clickhouse_tcp_port.to_string())
+            .args(["--database", &target, "--query"])
+            .arg(format!("INSERT INTO {table} FORMAT RowBinary"))
+            .stdin(std::fs::File::open(&file)?)
+            .status()
+            .with_context(|| format!("running {}", args.clickhouse_client.display()))?;
+        seconds += started.elapsed().as_secs_f64();
+        if !status.success() {
+            bail!("clickhouse-client failed inserting {table}: {status}");
+        }
+    }
+    sql(
+        http,
+        &args.clickhouse_url,
+        format!("DROP DATABASE {target}"),
+    )
+    .await?;
+    Ok(InsertCeiling { rows, seconds })
+}
+
+enum KafkaEngine {
+    Finished { seconds: f64 },
+    Stalled { rows: u64, seconds: f64 },
+}
+
+/// The zero-code alternative: ClickHouse's Kafka table engine reading the same raw topic through a
+/// materialized view into a plain table, no validation. Its group's offsets are committed at the
+/// start first (the engine would otherwise start at the end). ClickHouse 18.16 cannot keep the
+/// nested `data` object as text, so it reads the top-level fields only.
+async fn kafka_engine(
+    args: &ProcessorBench,
+    http: &reqwest::Client,
+    topic: &str,
+    run_id: &str,
+) -> anyhow::Result<KafkaEngine> {
+    let database = format!("eye_bench_kafka_engine_{run_id}");
+    let group = format!("bench-kafka-engine-{run_id}");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", &group)
+        .create()?;
+    let mut start = TopicPartitionList::new();
+    for partition in 0..args.partitions {
+        start.add_partition_offset(topic, partition, Offset::Offset(0))?;
+    }
+    consumer.commit(&start, CommitMode::Sync)?;
+    drop(consumer);
+    let columns = "session_id String, category String, name String, timestamp String";
+    for statement in [
+        format!("CREATE DATABASE {database}"),
+        format!("CREATE TABLE {database}.raw ({columns}) ENGINE = MergeTree ORDER BY (category, timestamp)"),
+        format!(
+            "CREATE TABLE {database}.raw_queue ({columns}) ENGINE = Kafka('{}', '{topic}', '{group}', 'JSONEachRow')",
+            args.brokers
+        ),
+    ] {
+        sql(http, &args.clickhouse_url, statement).await?;
+    }
+    let started = Instant::now();
+    sql(
+        http,
+        &args.clickhouse_url,
+        format!("CREATE MATERIALIZED VIEW {database}.raw_mv TO {database}.raw AS SELECT * FROM {database}.raw_queue"),
+    )
+    .await?;
+    let count = format!("SELECT count() FROM {database}.raw");
+    let mut last = (0u64, Instant::now());
+    let outcome = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rows: u64 =
+            std::str::from_utf8(&sql(http, &args.clickhouse_url, count.clone()).await?)?
+                .trim()
+                .parse()?;
+        if rows >= args.events as u64 {
+            break KafkaEngine::Finished {
+                seconds: started.elapsed().as_secs_f64(),
+            };
+        }
+        if rows > last.0 {
+            last = (rows, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(60) {
+            break KafkaEngine::Stalled {
+                rows,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+        }
+    };
+    // The view first, so the engine stops consuming before its table goes.
+    for statement in [
+        format!("DROP TABLE {database}.raw_mv"),
+        format!("DROP TABLE {database}.raw_queue"),
+        format!("DROP DATABASE {database}"),
+    ] {
+        sql(http, &args.clickhouse_url, statement).await?;
+    }
+    Ok(outcome)
+}
