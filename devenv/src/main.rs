@@ -46,8 +46,9 @@ enum Cmd {
     /// `up`, then build and start the ingest bridge and the processor in the background.
     Run(Ports),
     /// `run` (the broker in memory), then every benchmark of `eye bench` in turn against it:
-    /// ingest beside its producer ceiling, processor beside its consumer ceiling, end to end at
-    /// 1,000 events/s, and queries over 10M events. Each prints a table.
+    /// ingest beside its producer ceiling (on the broker, then on librdkafka's mock cluster),
+    /// processor beside its consumer and clickhouse-client insert ceilings and ClickHouse's Kafka
+    /// engine, end to end at 1,000 events/s, and queries over 10M events. Each prints a table.
     Bench(Ports),
     /// Install the services the tests start, run `cargo test` for the whole workspace, and end
     /// with a total line `summary: N passed, M failed`.
@@ -293,14 +294,18 @@ fn bench(ports: &Ports) -> Result<()> {
     let kafka = format!("127.0.0.1:{}", ports.kafka_port);
     let clickhouse = format!("http://127.0.0.1:{}", ports.clickhouse_http_port);
     let ingest = format!("http://127.0.0.1:{}/v1/events", ports.ingest_port);
-    let scenarios: [Vec<&str>; 4] = [
-        vec!["ingest", "--url", &ingest, "--brokers", &kafka],
+    let clickhouse_tcp_port = ports.clickhouse_tcp_port.to_string();
+    let scenarios: [Vec<&str>; 5] = [
+        vec!["ingest", "--brokers", &kafka],
+        vec!["ingest", "--mock-broker"],
         vec![
             "processor",
             "--brokers",
             &kafka,
             "--clickhouse-url",
             &clickhouse,
+            "--clickhouse-tcp-port",
+            &clickhouse_tcp_port,
         ],
         vec!["e2e", "--url", &ingest, "--clickhouse-url", &clickhouse],
         vec!["queries", "--clickhouse-url", &clickhouse],

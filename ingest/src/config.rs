@@ -42,7 +42,9 @@ pub struct ProducerSettings {
     /// How long an event may wait for the broker's acknowledgement before the request fails with
     /// 503 (`message.timeout.ms`).
     pub message_timeout_ms: u64,
-    /// How long the producer waits to fill a batch (`linger.ms`).
+    /// How long the producer waits to fill a batch (`linger.ms`). Every request waits for its
+    /// acknowledgement, so this is added to each reply: 1 ms gave 2.7x the single-event requests/s
+    /// of 5 ms for 11% fewer batched events/s (docs/benchmarks.md).
     pub linger_ms: u64,
     /// Largest batch sent to one partition (`batch.size`).
     pub batch_size_bytes: u64,
@@ -57,7 +59,7 @@ impl Default for ProducerSettings {
         Self {
             topic: DEFAULT_RAW_TOPIC.into(),
             message_timeout_ms: 5_000,
-            linger_ms: 5,
+            linger_ms: 1,
             batch_size_bytes: 1_000_000,
             compression: "lz4".into(),
             queue_max_events: 100_000,

@@ -59,6 +59,35 @@ impl ClientContext for BrokerWatch {
     }
 }
 
+/// The bridge's producer settings, also used by the benchmark's plain-producer ceiling.
+pub fn client_config(kafka: &KafkaSettings, settings: &ProducerSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", &settings.compression)
+        .set("linger.ms", settings.linger_ms.to_string())
+        .set("batch.size", settings.batch_size_bytes.to_string())
+        .set(
+            "message.timeout.ms",
+            settings.message_timeout_ms.to_string(),
+        )
+        .set(
+            "queue.buffering.max.messages",
+            settings.queue_max_events.to_string(),
+        )
+        .set("statistics.interval.ms", "1000")
+        // Keep a connection to every known broker even when idle, so readiness (any broker
+        // connection up) does not flicker while no events flow.
+        .set("enable.sparse.connections", "false")
+        .set("reconnect.backoff.max.ms", "1000");
+    for (key, value) in &kafka.librdkafka {
+        config.set(key, value);
+    }
+    config
+}
+
 pub struct EventProducer {
     producer: FutureProducer<BrokerWatch>,
     topic: String,
@@ -68,30 +97,7 @@ pub struct EventProducer {
 
 impl EventProducer {
     pub fn new(kafka: &KafkaSettings, settings: &ProducerSettings) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("compression.type", &settings.compression)
-            .set("linger.ms", settings.linger_ms.to_string())
-            .set("batch.size", settings.batch_size_bytes.to_string())
-            .set(
-                "message.timeout.ms",
-                settings.message_timeout_ms.to_string(),
-            )
-            .set(
-                "queue.buffering.max.messages",
-                settings.queue_max_events.to_string(),
-            )
-            .set("statistics.interval.ms", "1000")
-            // Keep a connection to every known broker even when idle, so readiness (any broker
-            // connection up) does not flicker while no events flow.
-            .set("enable.sparse.connections", "false")
-            .set("reconnect.backoff.max.ms", "1000");
-        for (key, value) in &kafka.librdkafka {
-            config.set(key, value);
-        }
+        let config = client_config(kafka, settings);
         let broker_up = Arc::new(AtomicBool::new(false));
         let producer = config.create_with_context(BrokerWatch {
             up: broker_up.clone(),

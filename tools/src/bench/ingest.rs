@@ -1,23 +1,33 @@
-//! Ingest: batched and single-event requests to a running bridge, beside a plain producer.
+//! Ingest: batched and single-event requests to a bridge of its own (the release binary), beside
+//! a plain producer, against a broker or librdkafka's in-process mock cluster.
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use clap::Args;
 use eye_core::kafka::create_topics;
+use eye_ingest::config::IngestConfig;
+use eye_ingest::producer::client_config;
 use hdrhistogram::Histogram;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use serde_json::Value as Json;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::reference_events;
+use super::{cpu_seconds, peak_rss_kib, reference_events, Service};
 
 #[derive(Args)]
 pub struct IngestBench {
-    #[arg(long, default_value = "http://127.0.0.1:8080/v1/events")]
-    url: String,
+    #[arg(long, default_value = "target/release/eye-ingest")]
+    ingest_bin: PathBuf,
+    /// The bridge's settings file (its applications and keys); the bench sets its address,
+    /// broker and topic.
+    #[arg(long, default_value = "config/ingest.toml")]
+    ingest_config: PathBuf,
     #[arg(long, default_value = "eye-local-dev-key")]
     api_key: String,
     /// Concurrent HTTP clients.
@@ -29,10 +39,39 @@ pub struct IngestBench {
     /// Events per request in the batched scenario.
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
-    /// The broker, for the ceiling: a plain producer pushing the same bytes (to a topic of its
-    /// own, with the bridge's producer settings).
+    /// The broker the bridge and the ceiling (a plain producer with the bridge's settings,
+    /// pushing the same bytes) produce to, each to a fresh topic.
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
+    /// Produce to librdkafka's in-process mock cluster instead of `--brokers`: our own cost,
+    /// without a broker's.
+    #[arg(long)]
+    mock_broker: bool,
+}
+
+/// Where the bench's topics live.
+enum Broker {
+    External(String),
+    Mock(MockCluster<'static, DefaultProducerContext>),
+}
+
+impl Broker {
+    fn bootstrap(&self) -> String {
+        match self {
+            Broker::External(brokers) => brokers.clone(),
+            Broker::Mock(cluster) => cluster.bootstrap_servers(),
+        }
+    }
+
+    /// A fresh topic of four partitions (the mock cluster has no CreateTopics).
+    async fn create_topic(&self, purpose: &str) -> anyhow::Result<String> {
+        let topic = format!("eye.bench.{purpose}.{}", Uuid::now_v7().simple());
+        match self {
+            Broker::External(brokers) => create_topics(brokers, &[&topic], 4).await?,
+            Broker::Mock(cluster) => cluster.create_topic(&topic, 4, 1)?,
+        }
+        Ok(topic)
+    }
 }
 
 struct Figures {
@@ -43,11 +82,42 @@ struct Figures {
 }
 
 pub async fn run(args: IngestBench) -> anyhow::Result<()> {
+    if !args.ingest_bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release --bin eye-ingest`",
+            args.ingest_bin.display()
+        );
+    }
+    let broker = if args.mock_broker {
+        Broker::Mock(MockCluster::new(1)?)
+    } else {
+        Broker::External(args.brokers.clone())
+    };
+    let bootstrap = broker.bootstrap();
+    let port = eye_devenv::free_port();
+    let bridge = Service::spawn(
+        Command::new(&args.ingest_bin)
+            .arg("--config")
+            .arg(&args.ingest_config)
+            .env("EYE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("EYE_KAFKA__BROKERS", &bootstrap)
+            .env("EYE_PRODUCER__TOPIC", broker.create_topic("ingest").await?),
+    )?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    println!("| scenario | clients | requests | events/s | requests/s | p50 ms | p99 ms | max ms | not 202 |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    wait_ready(&http, &format!("http://127.0.0.1:{port}/readyz")).await?;
+    let url = format!("http://127.0.0.1:{port}/v1/events");
+    println!(
+        "broker: {}",
+        if args.mock_broker {
+            "librdkafka mock cluster (in the bench process)"
+        } else {
+            &args.brokers
+        }
+    );
+    println!("| scenario | clients | requests | events/s | requests/s | p50 ms | p99 ms | max ms | not 202 | bridge CPU s per M events |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (scenario, batch) in [("batched", args.batch_size), ("single", 1)] {
         let body = if batch == 1 {
             reference_events(1)[0].to_string()
@@ -60,13 +130,14 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
             requests: 0,
             refused: 0,
         }));
+        let cpu_before = cpu_seconds(bridge.pid());
         let started = Instant::now();
         let deadline = started + Duration::from_secs(args.seconds);
         let mut clients = Vec::new();
         for _ in 0..args.clients {
             let (http, url, key, body, figures) = (
                 http.clone(),
-                args.url.clone(),
+                url.clone(),
                 args.api_key.clone(),
                 body.clone(),
                 figures.clone(),
@@ -106,29 +177,51 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let figures = figures.lock().await;
+        let cpu_per_million =
+            (cpu_seconds(bridge.pid()) - cpu_before) * 1e6 / figures.accepted_events.max(1) as f64;
         print_row(
             &format!("{scenario} ({batch}/request)"),
             args.clients,
             &figures,
             elapsed,
+            &format!("{cpu_per_million:.1}"),
         );
     }
+    let peak_rss = peak_rss_kib(bridge.pid());
     for batch in [args.batch_size, 1] {
-        let figures = producer_ceiling(&args, batch).await?;
+        let topic = broker.create_topic("ceiling").await?;
+        let figures = producer_ceiling(&args, &bootstrap, &topic, batch).await?;
         print_row(
             &format!("ceiling: plain producer, {batch}/send"),
             args.clients,
             &figures,
             args.seconds as f64,
+            "—",
         );
     }
+    println!("\nbridge peak RSS: {:.0} MB", peak_rss as f64 / 1024.0);
     Ok(())
 }
 
-fn print_row(scenario: &str, clients: usize, figures: &Figures, elapsed: f64) {
+async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = http.get(url).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the bridge was not ready at {url} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print_row(scenario: &str, clients: usize, figures: &Figures, elapsed: f64, cpu: &str) {
     let ms = |quantile: f64| figures.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
     println!(
-        "| {scenario} | {clients} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+        "| {scenario} | {clients} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {cpu} |",
         figures.requests,
         figures.accepted_events as f64 / elapsed,
         figures.requests as f64 / elapsed,
@@ -140,17 +233,17 @@ fn print_row(scenario: &str, clients: usize, figures: &Figures, elapsed: f64) {
 }
 
 /// The same bytes the bridge would produce, from `clients` concurrent senders each awaiting its
-/// acknowledgements, with the bridge's producer settings, for the same time.
-async fn producer_ceiling(args: &IngestBench, batch: usize) -> anyhow::Result<Figures> {
-    let topic = format!("eye.bench.ceiling.{}", Uuid::now_v7().simple());
-    create_topics(&args.brokers, &[&topic], 4).await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .create()?;
+/// acknowledgements, with the bridge's producer settings (from its settings file and `EYE_…`
+/// variables, as the bridge reads them), for the same time.
+async fn producer_ceiling(
+    args: &IngestBench,
+    bootstrap: &str,
+    topic: &str,
+    batch: usize,
+) -> anyhow::Result<Figures> {
+    let mut settings: IngestConfig = eye_core::settings::load(Some(&args.ingest_config))?;
+    settings.kafka.brokers = bootstrap.to_string();
+    let producer: FutureProducer = client_config(&settings.kafka, &settings.producer).create()?;
     let events: Vec<(String, String)> = reference_events(batch)
         .into_iter()
         .map(|event| {
@@ -171,7 +264,7 @@ async fn producer_ceiling(args: &IngestBench, batch: usize) -> anyhow::Result<Fi
         .map(|_| {
             let (producer, topic, events, figures) = (
                 producer.clone(),
-                topic.clone(),
+                topic.to_string(),
                 events.clone(),
                 figures.clone(),
             );

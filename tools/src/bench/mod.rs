@@ -56,13 +56,48 @@ pub(crate) fn reference_events(count: usize) -> Vec<Json> {
         .collect()
 }
 
-pub(crate) fn rss_kib(pid: u32) -> u64 {
+/// A benchmarked process, killed when the benchmark is done or fails.
+pub(crate) struct Service(std::process::Child);
+
+impl Service {
+    pub fn spawn(command: &mut std::process::Command) -> anyhow::Result<Self> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(Service)
+            .map_err(|error| anyhow::anyhow!("starting {program}: {error}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Fails if the process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        match self.0.try_wait()? {
+            Some(status) => anyhow::bail!("the benchmarked process exited early: {status}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The largest resident set of a running process so far (`VmHWM`), in KiB.
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|line| line.starts_with("VmRSS:"))
+                .find(|line| line.starts_with("VmHWM:"))
                 .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)

@@ -1,7 +1,7 @@
 //! Processor: a pre-filled topic to rows, beside its ceilings.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -14,7 +14,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{cpu_seconds, reference_events, rss_kib};
+use super::{cpu_seconds, peak_rss_kib, reference_events, Service};
 
 #[derive(Args)]
 pub struct ProcessorBench {
@@ -110,23 +110,19 @@ pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let count_sql = format!("SELECT (SELECT count() FROM {database}.events) + (SELECT count() FROM {database}.event_errors)");
     let health_port = eye_devenv::free_port();
-    let mut child = Command::new(&args.processor_bin)
-        .env("EYE_LISTEN", format!("127.0.0.1:{health_port}"))
-        .env("EYE_KAFKA__BROKERS", &args.brokers)
-        .env("EYE_CONSUMER__TOPIC", &topic)
-        .env("EYE_CONSUMER__GROUP_ID", format!("bench-{run_id}"))
-        .env("EYE_CLICKHOUSE__URL", &args.clickhouse_url)
-        .env("EYE_CLICKHOUSE__DATABASE", &database)
-        .env("EYE_SCHEMAS_DIR", &args.schemas_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the processor")?;
+    let mut processor = Service::spawn(
+        Command::new(&args.processor_bin)
+            .env("EYE_LISTEN", format!("127.0.0.1:{health_port}"))
+            .env("EYE_KAFKA__BROKERS", &args.brokers)
+            .env("EYE_CONSUMER__TOPIC", &topic)
+            .env("EYE_CONSUMER__GROUP_ID", format!("bench-{run_id}"))
+            .env("EYE_CLICKHOUSE__URL", &args.clickhouse_url)
+            .env("EYE_CLICKHOUSE__DATABASE", &database)
+            .env("EYE_SCHEMAS_DIR", &args.schemas_dir),
+    )?;
     let started = Instant::now();
-    let mut peak_rss_kib = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        peak_rss_kib = peak_rss_kib.max(rss_kib(child.id()));
         let text = match http
             .post(&args.clickhouse_url)
             .body(count_sql.clone())
@@ -139,17 +135,15 @@ pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
         if text.trim().parse::<u64>().unwrap_or(0) >= args.events as u64 {
             break;
         }
-        if let Some(status) = child.try_wait()? {
-            bail!("the processor exited early: {status}");
-        }
+        processor.check_running()?;
         if started.elapsed() > Duration::from_secs(1800) {
             bail!("the processor did not finish within 30 minutes");
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_seconds = cpu_seconds(child.id());
-    child.kill()?;
-    child.wait()?;
+    let cpu_seconds = cpu_seconds(processor.pid());
+    let peak_rss_kib = peak_rss_kib(processor.pid());
+    drop(processor);
 
     let insert = insert_ceiling(&args, &http, &database).await?;
     let kafka_engine = if args.no_kafka_engine {
