@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS sessions
 )
 ENGINE = AggregatingMergeTree()
 ORDER BY (application, session_id)
--- Small granules: the processor reads back the few sessions of each batch (the session topic),
--- scattered over the key range; 8192-row granules would make that read nearly the whole table.
-SETTINGS index_granularity = 256
+-- Small granules: the processor reads back each batch's sessions (the session topic), scattered
+-- over the key range, and reads a granule per session (5,000 of 1M sessions: 1.0 s at 64 rows,
+-- 2.2 s at 256, near the whole table at the default 8192).
+SETTINGS index_granularity = 64
