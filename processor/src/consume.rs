@@ -5,6 +5,11 @@
 //! On a rebalance, the rows held for revoked partitions are let go unwritten and the offsets
 //! already written are committed: the partitions' new owner starts right after what is in
 //! ClickHouse, so a rebalance neither loses nor duplicates.
+//!
+//! A batch's session updates are published while the next batch is read (reading a batch's
+//! sessions back from ClickHouse was the largest part of a batch's time); its offsets are stored
+//! once they are out. A batch written but not yet published when its partitions are revoked is
+//! read again by the new owner (the rows are the same rows, collapsed by the tables).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -23,6 +28,7 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::Value as Json;
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
@@ -267,12 +273,20 @@ impl WrittenOffsets {
     }
 }
 
+/// A written batch whose session updates are being published; its offsets wait for them.
+struct Publishing {
+    task: JoinHandle<()>,
+    next_offsets: BTreeMap<i32, i64>,
+}
+
 pub struct Pipeline {
     consumer: StreamConsumer<PipelineContext>,
     source: Source,
     validator: Validator,
     sink: ClickHouseSink,
-    outputs: Outputs,
+    dead_letters: Option<DeadLetterSink>,
+    session_updates: Option<Arc<SessionUpdates>>,
+    publishing: Option<Publishing>,
     config: ProcessorConfig,
     progress: Arc<Mutex<Progress>>,
     sink_healthy: Arc<AtomicBool>,
@@ -339,7 +353,9 @@ impl Pipeline {
             source,
             validator,
             sink,
-            outputs,
+            dead_letters: outputs.dead_letters,
+            session_updates: outputs.session_updates.map(Arc::new),
+            publishing: None,
             config,
             progress,
             sink_healthy,
@@ -392,6 +408,11 @@ impl Pipeline {
                         break;
                     }
                 }
+                outcome = published(&mut self.publishing), if self.publishing.is_some() => {
+                    if let Some(publishing) = self.publishing.take() {
+                        self.complete_publishing(publishing.next_offsets, outcome);
+                    }
+                }
                 _ = idle_reports.tick(), if deadline.is_none() && follows_group => self.report_idle().await,
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
@@ -412,6 +433,13 @@ impl Pipeline {
             // One more attempt, bounded: what is not written now is redelivered after restart.
             self.write(tokio::time::sleep(Duration::from_secs(10)))
                 .await;
+        }
+        // Bounded too: unpublished sessions are published again after the batch is redelivered.
+        if tokio::time::timeout(Duration::from_secs(10), self.finish_publishing())
+            .await
+            .is_err()
+        {
+            warn!("session updates not published at shutdown; their batch will be read again");
         }
         match self.source {
             Source::Group => self.commit_stored(),
@@ -490,25 +518,55 @@ impl Pipeline {
             next_offsets = ?batch.next_offsets,
             "batch written"
         );
-        self.store_offsets(&batch.next_offsets);
+        self.finish_publishing().await;
+        match &self.session_updates {
+            Some(session_updates) => {
+                self.publishing = Some(Publishing {
+                    task: tokio::spawn(publish_until_done(
+                        session_updates.clone(),
+                        batch.sessions(),
+                        self.sink_healthy.clone(),
+                    )),
+                    next_offsets: batch.next_offsets.clone(),
+                })
+            }
+            None => self.store_offsets(&batch.next_offsets),
+        }
         true
     }
 
-    /// Both tables, the dead-letter and session topics, then progress; each step is idempotent
-    /// for a retry.
+    /// Waits for the previous batch's session updates, then stores its offsets.
+    async fn finish_publishing(&mut self) {
+        if let Some(publishing) = self.publishing.take() {
+            let outcome = publishing.task.await;
+            self.complete_publishing(publishing.next_offsets, outcome);
+        }
+    }
+
+    fn complete_publishing(
+        &self,
+        next_offsets: BTreeMap<i32, i64>,
+        outcome: Result<(), JoinError>,
+    ) {
+        match outcome {
+            Ok(()) => self.store_offsets(&next_offsets),
+            Err(error) => {
+                error!(%error, "publishing session updates failed; their batch will be read again after a restart")
+            }
+        }
+    }
+
+    /// Both tables, the dead-letter topic, then progress; each step is idempotent for a retry.
     async fn insert(&self, batch: &Batch) -> Result<(), SinkError> {
         self.sink.insert_events(batch.events.iter()).await?;
         self.sink
             .insert_errors(batch.errors.iter().map(|failed| &failed.row))
             .await?;
-        if let Some(dead_letters) = &self.outputs.dead_letters {
+        if let Some(dead_letters) = &self.dead_letters {
             dead_letters
                 .publish(batch.errors.iter())
                 .await
                 .map_err(SinkError::DeadLetter)?;
-        }
-        if let Some(session_updates) = &self.outputs.session_updates {
-            session_updates.publish(&batch.sessions()).await?;
         }
         self.sink
             .insert_watermarks(self.watermarks(batch).iter())
@@ -638,7 +696,7 @@ impl Pipeline {
             match self.sink.insert_errors(std::iter::once(&failed.row)).await {
                 Err(SinkError::Permanent(error)) => {
                     error!(%error, event_id = %failed.row.event_id, "ClickHouse refused a failure row; it goes to the dead-letter topic only");
-                    if let Some(dead_letters) = &self.outputs.dead_letters {
+                    if let Some(dead_letters) = &self.dead_letters {
                         if let Err(error) = dead_letters.publish(std::iter::once(&failed)).await {
                             error!(%error, event_id = %failed.row.event_id, "the failure is in neither table nor topic");
                         }
@@ -650,9 +708,21 @@ impl Pipeline {
         batch.errors = errors;
     }
 
+    /// Stores the offsets of partitions still assigned (a published batch may outlive them).
     fn store_offsets(&self, next_offsets: &BTreeMap<i32, i64>) {
+        let next_offsets: BTreeMap<i32, i64> = {
+            let progress = lock(&self.progress);
+            next_offsets
+                .iter()
+                .filter(|(partition, _)| progress.assigned.contains(partition))
+                .map(|(&partition, &offset)| (partition, offset))
+                .collect()
+        };
+        if next_offsets.is_empty() {
+            return;
+        }
         let mut list = TopicPartitionList::new();
-        for (&partition, &offset) in next_offsets {
+        for (&partition, &offset) in &next_offsets {
             let _ = list.add_partition_offset(
                 &self.config.consumer.topic,
                 partition,
@@ -681,6 +751,33 @@ impl Pipeline {
         if let Err(error) = self.consumer.commit(&list, CommitMode::Sync) {
             warn!(%error, "committing offsets at shutdown");
         }
+    }
+}
+
+/// Publishes the sessions, retrying with backoff until they are out.
+async fn publish_until_done(
+    session_updates: Arc<SessionUpdates>,
+    sessions: BTreeSet<(String, Uuid)>,
+    sink_healthy: Arc<AtomicBool>,
+) {
+    let started = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    while let Err(error) = session_updates.publish(&sessions).await {
+        sink_healthy.store(false, Ordering::Relaxed);
+        counter!("eye_processor_sink_retries_total").increment(1);
+        warn!(%error, retry_in = ?backoff, "publishing session updates failed");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    sink_healthy.store(true, Ordering::Relaxed);
+    histogram!("eye_processor_session_updates_seconds").record(started.elapsed().as_secs_f64());
+}
+
+/// The publishing task's outcome once it is done (never when there is none).
+async fn published(publishing: &mut Option<Publishing>) -> Result<(), JoinError> {
+    match publishing {
+        Some(publishing) => (&mut publishing.task).await,
+        None => std::future::pending().await,
     }
 }
 
