@@ -11,8 +11,10 @@ use eye_devenv::testing::{services, unique_name, OwnedBroker, OwnedClickHouse};
 use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig};
 use eye_ingest::routes::Accepted;
+use eye_processor::config::ProcessorConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::Message;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -344,6 +346,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
             .env("EYE_CLICKHOUSE__URL", &config.clickhouse.url)
             .env("EYE_CLICKHOUSE__DATABASE", &config.clickhouse.database)
             .env("EYE_BATCH__MAX_EVENTS", "5000")
+            .env("EYE_SESSION_UPDATES__TOPIC", &config.session_updates.topic)
             .env(
                 "EYE_CONSUMER__SESSION_TIMEOUT_MS",
                 SESSION_TIMEOUT.as_millis().to_string(),
@@ -423,7 +426,6 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop(second);
 
     assert_eq!(
         setup.count("SELECT count() FROM {db}.events FINAL"),
@@ -442,6 +444,28 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
         0,
         "no event in both tables"
     );
+
+    // Every session with a valid event (one per event here) is on the session topic after the
+    // kill and the restart.
+    let sessions = EVENTS - invalid as usize;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let keys: std::collections::HashSet<Vec<u8>> =
+            read_topic(&setup.bootstrap, &config.session_updates.topic, 4, sessions)
+                .await
+                .iter()
+                .filter_map(|message| message.key().map(<[u8]>::to_vec))
+                .collect();
+        if keys.len() == sessions {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {sessions} sessions on the session topic",
+            keys.len()
+        );
+    }
+    drop(second);
 }
 
 #[tokio::test]
@@ -739,6 +763,95 @@ async fn dead_letters_carry_the_original_bytes_key_headers_and_the_reason() {
         .unwrap()
         .contains("data.host"));
     processor.stop().await;
+}
+
+/// A batch's offsets are committed only once its session updates are out: while its sessions
+/// cannot be read back (a table moved aside), its rows are in ClickHouse but the group's offsets
+/// stay where they were; once they can, the sessions are published and the offsets committed.
+#[tokio::test]
+async fn offsets_wait_for_the_batch_session_updates() {
+    const EVENTS: usize = 20;
+    let setup = Setup::shared().await;
+    let config = setup.config();
+    let processor = Processor::start(config.clone()).await;
+    // The processor has applied its DDL once the last table exists.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while setup
+        .clickhouse
+        .query(&format!("EXISTS TABLE {}.replays", setup.database))
+        .map_or(true, |exists| exists.trim() != "1")
+    {
+        assert!(Instant::now() < deadline, "the DDL never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    setup.query("RENAME TABLE {db}.session_errors TO {db}.session_errors_aside");
+    let events: Vec<RawMessage> = (0..EVENTS)
+        .map(|_| {
+            let mut event = reference("pageview");
+            event["session_id"] = json!(Uuid::new_v4().to_string());
+            direct(&event)
+        })
+        .collect();
+    setup.produce(&events).await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events",
+            EVENTS as u64,
+            Duration::from_secs(60),
+        )
+        .await;
+    let group = committed_offsets(&config);
+    // Stored offsets are committed every second (`auto.commit.interval.ms`); wait out a few.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        group(),
+        0,
+        "offsets committed before the batch's sessions were published"
+    );
+
+    setup.query("RENAME TABLE {db}.session_errors_aside TO {db}.session_errors");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while group() != EVENTS as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "offsets not committed after the sessions could be published"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let on_topic = read_topic(
+        &setup.bootstrap,
+        &config.session_updates.topic,
+        PARTITIONS,
+        EVENTS,
+    )
+    .await;
+    assert_eq!(on_topic.len(), EVENTS, "one update per session");
+    processor.stop().await;
+}
+
+/// The group's committed offsets over the raw topic, summed (partitions without one count 0).
+fn committed_offsets(config: &ProcessorConfig) -> impl Fn() -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.consumer.group_id)
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        partitions.add_partition(&config.consumer.topic, partition);
+    }
+    move || {
+        consumer
+            .committed_offsets(partitions.clone(), Duration::from_secs(10))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|element| match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => 0,
+            })
+            .sum()
+    }
 }
 
 /// Per-minute failure and event counts stay exact when every message arrives twice.
