@@ -60,6 +60,7 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
             let first =
                 tokio::time::Instant::now() + period.mul_f64(client as f64 / args.clients as f64);
             tokio::spawn(async move {
+                let mut reply_us = Histogram::<u64>::new(3).expect("histogram");
                 let mut ticks = tokio::time::interval_at(first, period);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while Instant::now() < deadline {
@@ -70,6 +71,7 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
                     event["timestamp"] = json!(chrono::Utc::now()
                         .format("%Y-%m-%d %H:%M:%S%.6f")
                         .to_string());
+                    let sent = Instant::now();
                     let response = http
                         .post(&url)
                         .bearer_auth(&key)
@@ -77,6 +79,7 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
                         .body(event.to_string())
                         .send()
                         .await;
+                    reply_us.saturating_record(sent.elapsed().as_micros() as u64);
                     match response {
                         Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
                             replied
@@ -89,6 +92,7 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
                         }
                     }
                 }
+                reply_us
             })
         })
         .collect();
@@ -157,8 +161,9 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
             break;
         }
     }
+    let mut reply_us = Histogram::<u64>::new(3)?;
     for client in clients {
-        client.await?;
+        reply_us.add(client.await?)?;
     }
     let accepted = replied.lock().unwrap_or_else(|p| p.into_inner()).len();
     let ms = |quantile: f64| latency_us.value_at_quantile(quantile) as f64 / 1000.0;
@@ -171,6 +176,12 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
     println!(
         "| refused | {} |",
         refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!(
+        "| reply (202) p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
+        reply_us.value_at_quantile(0.5) as f64 / 1000.0,
+        reply_us.value_at_quantile(0.99) as f64 / 1000.0,
+        reply_us.max() as f64 / 1000.0
     );
     println!("| rows seen in events | {} |", seen.len());
     println!("| 202 → row visible p50 | {:.0} ms |", ms(0.5));
