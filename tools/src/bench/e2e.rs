@@ -79,7 +79,9 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
                         .body(event.to_string())
                         .send()
                         .await;
-                    reply_us.saturating_record(sent.elapsed().as_micros() as u64);
+                    reply_us
+                        .record(sent.elapsed().as_micros() as u64)
+                        .expect("an auto-resizing histogram");
                     match response {
                         Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
                             replied

@@ -20,6 +20,10 @@ use uuid::Uuid;
 
 use super::{cpu_seconds, peak_rss_kib, reference_events, Service};
 
+/// Sessions the requests come from, each request from one of them in turn: their keys spread the
+/// events over the partitions as many users' would (one session would put them all on one).
+const SESSIONS: usize = 64;
+
 #[derive(Args)]
 pub struct IngestBench {
     #[arg(long, default_value = "target/release/eye-ingest")]
@@ -119,11 +123,17 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
     println!("| scenario | clients | requests | events/s | requests/s | p50 ms | p99 ms | max ms | not 202 | bridge CPU s per M events |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (scenario, batch) in [("batched", args.batch_size), ("single", 1)] {
-        let body = if batch == 1 {
-            reference_events(1)[0].to_string()
-        } else {
-            Json::Array(reference_events(batch)).to_string()
-        };
+        let bodies: Arc<Vec<String>> = Arc::new(
+            (0..SESSIONS)
+                .map(|_| {
+                    if batch == 1 {
+                        reference_events(1)[0].to_string()
+                    } else {
+                        Json::Array(reference_events(batch)).to_string()
+                    }
+                })
+                .collect(),
+        );
         let figures = Arc::new(Mutex::new(Figures {
             latency_us: Histogram::new(3)?,
             accepted_events: 0,
@@ -134,12 +144,12 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(args.seconds);
         let mut clients = Vec::new();
-        for _ in 0..args.clients {
-            let (http, url, key, body, figures) = (
+        for client in 0..args.clients {
+            let (http, url, key, bodies, figures) = (
                 http.clone(),
                 url.clone(),
                 args.api_key.clone(),
-                body.clone(),
+                bodies.clone(),
                 figures.clone(),
             );
             clients.push(tokio::spawn(async move {
@@ -151,7 +161,7 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
                         .post(&url)
                         .bearer_auth(&key)
                         .header("content-type", "application/json")
-                        .body(body.clone())
+                        .body(bodies[(client + requests as usize) % bodies.len()].clone())
                         .send()
                         .await;
                     latency
@@ -244,15 +254,21 @@ async fn producer_ceiling(
     let mut settings: IngestConfig = eye_core::settings::load(Some(&args.ingest_config))?;
     settings.kafka.brokers = bootstrap.to_string();
     let producer: FutureProducer = client_config(&settings.kafka, &settings.producer).create()?;
-    let events: Vec<(String, String)> = reference_events(batch)
-        .into_iter()
-        .map(|event| {
-            (
-                event["session_id"].as_str().unwrap_or_default().to_string(),
-                event.to_string(),
-            )
-        })
-        .collect();
+    let requests: Arc<Vec<Vec<(String, String)>>> = Arc::new(
+        (0..SESSIONS)
+            .map(|_| {
+                reference_events(batch)
+                    .into_iter()
+                    .map(|event| {
+                        (
+                            event["session_id"].as_str().unwrap_or_default().to_string(),
+                            event.to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect(),
+    );
     let figures = Arc::new(Mutex::new(Figures {
         latency_us: Histogram::new(3)?,
         accepted_events: 0,
@@ -261,17 +277,18 @@ async fn producer_ceiling(
     }));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let senders: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let (producer, topic, events, figures) = (
+        .map(|client| {
+            let (producer, topic, requests, figures) = (
                 producer.clone(),
                 topic.to_string(),
-                events.clone(),
+                requests.clone(),
                 figures.clone(),
             );
             tokio::spawn(async move {
                 let mut latency = Histogram::<u64>::new(3).expect("histogram");
                 let (mut accepted, mut sends, mut refused) = (0u64, 0u64, 0u64);
                 while Instant::now() < deadline {
+                    let events = &requests[(client + sends as usize) % requests.len()];
                     let sent = Instant::now();
                     let deliveries = events.iter().map(|(key, payload)| {
                         producer.send(
