@@ -85,6 +85,17 @@ struct Figures {
     refused: u64,
 }
 
+impl Figures {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            latency_us: Histogram::new(3)?,
+            accepted_events: 0,
+            requests: 0,
+            refused: 0,
+        })
+    }
+}
+
 pub async fn run(args: IngestBench) -> anyhow::Result<()> {
     if !args.ingest_bin.is_file() {
         bail!(
@@ -134,12 +145,7 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
                 })
                 .collect(),
         );
-        let figures = Arc::new(Mutex::new(Figures {
-            latency_us: Histogram::new(3)?,
-            accepted_events: 0,
-            requests: 0,
-            refused: 0,
-        }));
+        let figures = Arc::new(Mutex::new(Figures::new()?));
         let cpu_before = cpu_seconds(bridge.pid());
         let started = Instant::now();
         let deadline = started + Duration::from_secs(args.seconds);
@@ -269,12 +275,7 @@ async fn producer_ceiling(
             })
             .collect(),
     );
-    let figures = Arc::new(Mutex::new(Figures {
-        latency_us: Histogram::new(3)?,
-        accepted_events: 0,
-        requests: 0,
-        refused: 0,
-    }));
+    let figures = Arc::new(Mutex::new(Figures::new()?));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let senders: Vec<_> = (0..args.clients)
         .map(|client| {

@@ -56,6 +56,23 @@ pub(crate) fn reference_events(count: usize) -> Vec<Json> {
         .collect()
 }
 
+/// A fresh database with The Eye's tables and views, as the processor creates them.
+pub(crate) async fn create_database(
+    clickhouse_url: &str,
+    database: &str,
+    schemas_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let settings = eye_processor::config::ClickHouseSettings {
+        url: clickhouse_url.to_string(),
+        database: database.to_string(),
+        ..Default::default()
+    };
+    eye_processor::sink::ClickHouseSink::new(&settings)
+        .apply_ddl(database, &schemas_dir.join("clickhouse"))
+        .await?;
+    Ok(())
+}
+
 /// A benchmarked process, killed when the benchmark is done or fails.
 pub(crate) struct Service(std::process::Child);
 

@@ -14,7 +14,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{cpu_seconds, peak_rss_kib, reference_events, Service};
+use super::{cpu_seconds, create_database, peak_rss_kib, reference_events, Service};
 
 #[derive(Args)]
 pub struct ProcessorBench {
@@ -257,14 +257,7 @@ async fn insert_ceiling(
     source: &str,
 ) -> anyhow::Result<InsertCeiling> {
     let target = format!("{source}_insert");
-    let settings = eye_processor::config::ClickHouseSettings {
-        url: args.clickhouse_url.clone(),
-        database: target.clone(),
-        ..Default::default()
-    };
-    eye_processor::sink::ClickHouseSink::new(&settings)
-        .apply_ddl(&target, &args.schemas_dir.join("clickhouse"))
-        .await?;
+    create_database(&args.clickhouse_url, &target, &args.schemas_dir).await?;
     let files = tempfile::tempdir()?;
     let mut rows = 0;
     let mut seconds = 0.0;

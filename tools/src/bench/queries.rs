@@ -7,6 +7,8 @@ use anyhow::bail;
 use clap::Args;
 use uuid::Uuid;
 
+use super::create_database;
+
 #[derive(Args)]
 pub struct QueriesBench {
     #[arg(long, default_value = "http://127.0.0.1:8123")]
@@ -28,14 +30,7 @@ pub struct QueriesBench {
 /// README's session, category-day and hour queries.
 pub async fn run(args: QueriesBench) -> anyhow::Result<()> {
     let database = format!("eye_bench_queries_{}", Uuid::now_v7().simple());
-    let settings = eye_processor::config::ClickHouseSettings {
-        url: args.clickhouse_url.clone(),
-        database: database.clone(),
-        ..Default::default()
-    };
-    eye_processor::sink::ClickHouseSink::new(&settings)
-        .apply_ddl(&database, &args.schemas_dir.join("clickhouse"))
-        .await?;
+    create_database(&args.clickhouse_url, &database, &args.schemas_dir).await?;
     let http = reqwest::Client::new();
     let run = |sql: String| {
         let http = http.clone();
