@@ -21,7 +21,8 @@ enum Command {
     /// Generate realistic traffic (sessions, an event mix, failures, disorder, duplicates) over
     /// HTTP or straight to Kafka; print throughput and reply-latency percentiles.
     Load(load::LoadArgs),
-    /// Benchmarks against running services (start them with `cargo dev run`).
+    /// Benchmarks against running services (start them with `cargo dev run`, or run them all
+    /// with `cargo dev bench`).
     #[command(subcommand)]
     Bench(bench::Bench),
 }

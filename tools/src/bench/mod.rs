@@ -1,5 +1,5 @@
-//! `eye bench`: throughput and latency figures against running services. Benchmarks print
-//! figures; nothing here asserts a target.
+//! `eye bench`: throughput and latency figures against a broker and ClickHouse (and, end to end,
+//! the running pipeline). Benchmarks print figures; nothing here asserts a target.
 
 mod e2e;
 mod ingest;
@@ -17,13 +17,16 @@ pub use queries::QueriesBench;
 
 #[derive(Subcommand)]
 pub enum Bench {
-    /// POST events to a running ingest bridge: batched and single-event requests.
+    /// Start an ingest bridge (release binary) and time batched and single-event requests to it,
+    /// beside a plain producer; on a broker or librdkafka's in-process mock cluster.
     Ingest(IngestBench),
     /// Fill a fresh topic, then time the processor (release binary) turning it into rows, beside
-    /// a plain consumer reading the same topic.
+    /// a plain consumer reading the same topic, `clickhouse-client` inserting the same rows, and
+    /// ClickHouse's own Kafka engine reading the topic.
     Processor(ProcessorBench),
     /// End to end through running services: a steady rate of single-event requests; the time
-    /// from each 202 until its row is visible in `events`, and the consumer lag over time.
+    /// from each 202 until its row is visible in `events`, the reply latency, and the consumer lag
+    /// over time.
     E2e(E2eBench),
     /// Query latency and rows read (from `system.query_log`) of the README's questions over a
     /// fresh database filled with generated events (through the same tables and views).
