@@ -74,50 +74,51 @@ async fn generated_traffic_reaches_the_processor_as_generated_over_both_targets(
         assert!(Instant::now() < deadline, "the bridge never got ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let over_http = load(&[
-        "--target",
-        "http",
-        "--url",
-        &url,
-        "--api-key",
-        "shop-key",
-        "--count",
-        "400",
-        "--clients",
-        "4",
-        "--batch-size",
-        "10",
-        "--rate",
-        "2000",
-        "--sessions",
-        "20",
-        "--events-per-session",
-        "10",
-        "--failures",
-        "invalid_data=10,future_timestamp=5,unknown_event_type=5",
-        "--out-of-order",
-        "10",
-        "--seed",
-        "7",
-    ]);
+    let http = ["--target", "http", "--url", &url, "--api-key", "shop-key"];
+    let over_http = load(
+        &[
+            &http[..],
+            &[
+                "--count",
+                "400",
+                "--clients",
+                "4",
+                "--batch-size",
+                "10",
+                "--rate",
+                "2000",
+                "--sessions",
+                "20",
+                "--events-per-session",
+                "10",
+                "--failures",
+                "invalid_data=10,future_timestamp=5,unknown_event_type=5",
+                "--out-of-order",
+                "10",
+                "--seed",
+                "7",
+            ],
+        ]
+        .concat(),
+    );
     // Duplicates of valid events only: a failed event sent twice is stamped twice, and
     // `event_errors` keeps both (see the session note).
-    let duplicated = load(&[
-        "--target",
-        "http",
-        "--url",
-        &url,
-        "--api-key",
-        "shop-key",
-        "--count",
-        "200",
-        "--clients",
-        "2",
-        "--duplicates",
-        "10",
-        "--seed",
-        "9",
-    ]);
+    let duplicated = load(
+        &[
+            &http[..],
+            &[
+                "--count",
+                "200",
+                "--clients",
+                "2",
+                "--duplicates",
+                "10",
+                "--seed",
+                "9",
+            ],
+        ]
+        .concat(),
+    );
     let over_kafka = load(&[
         "--target",
         "kafka",

@@ -204,9 +204,11 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
         );
     }
     let peak_rss = peak_rss_kib(bridge.pid());
+    let mut ceiling_settings: IngestConfig = eye_core::settings::load(Some(&args.ingest_config))?;
+    ceiling_settings.kafka.brokers = bootstrap.clone();
     for batch in [args.batch_size, 1] {
         let topic = broker.create_topic("ceiling").await?;
-        let figures = producer_ceiling(&args, &bootstrap, &topic, batch).await?;
+        let figures = producer_ceiling(&args, &ceiling_settings, &topic, batch).await?;
         print_row(
             &format!("ceiling: plain producer, {batch}/send"),
             args.clients,
@@ -253,12 +255,10 @@ fn print_row(scenario: &str, clients: usize, figures: &Figures, elapsed: f64, cp
 /// variables, as the bridge reads them), for the same time.
 async fn producer_ceiling(
     args: &IngestBench,
-    bootstrap: &str,
+    settings: &IngestConfig,
     topic: &str,
     batch: usize,
 ) -> anyhow::Result<Figures> {
-    let mut settings: IngestConfig = eye_core::settings::load(Some(&args.ingest_config))?;
-    settings.kafka.brokers = bootstrap.to_string();
     let producer: FutureProducer = client_config(&settings.kafka, &settings.producer).create()?;
     let requests: Arc<Vec<Vec<(String, String)>>> = Arc::new(
         (0..SESSIONS)

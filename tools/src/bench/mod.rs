@@ -59,6 +59,21 @@ pub(crate) fn reference_events(count: usize) -> Vec<Json> {
         .collect()
 }
 
+/// One statement over ClickHouse's HTTP interface; its body, or an error naming the statement.
+pub(crate) async fn sql(
+    http: &reqwest::Client,
+    url: &str,
+    query: String,
+) -> anyhow::Result<bytes::Bytes> {
+    let response = http.post(url).body(query.clone()).send().await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        anyhow::bail!("{query}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(body)
+}
+
 /// A fresh database with The Eye's tables and views, as the processor creates them.
 pub(crate) async fn create_database(
     clickhouse_url: &str,

@@ -14,7 +14,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{cpu_seconds, create_database, peak_rss_kib, reference_events, Service};
+use super::{cpu_seconds, create_database, peak_rss_kib, reference_events, sql, Service};
 
 #[derive(Args)]
 pub struct ProcessorBench {
@@ -232,16 +232,6 @@ fn consume_all(
         }
     }
     Ok(expected as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn sql(http: &reqwest::Client, url: &str, query: String) -> anyhow::Result<bytes::Bytes> {
-    let response = http.post(url).body(query.clone()).send().await?;
-    let status = response.status();
-    let body = response.bytes().await?;
-    if !status.is_success() {
-        bail!("{query}: {}", String::from_utf8_lossy(&body));
-    }
-    Ok(body)
 }
 
 struct InsertCeiling {

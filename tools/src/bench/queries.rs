@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::bail;
 use clap::Args;
 use uuid::Uuid;
 
-use super::create_database;
+use super::{create_database, sql};
 
 #[derive(Args)]
 pub struct QueriesBench {
@@ -32,17 +31,11 @@ pub async fn run(args: QueriesBench) -> anyhow::Result<()> {
     let database = format!("eye_bench_queries_{}", Uuid::now_v7().simple());
     create_database(&args.clickhouse_url, &database, &args.schemas_dir).await?;
     let http = reqwest::Client::new();
-    let run = |sql: String| {
-        let http = http.clone();
-        let url = format!("{}/?log_queries=1", args.clickhouse_url);
+    let url = format!("{}/?log_queries=1", args.clickhouse_url);
+    let run = |query: String| {
+        let (http, url) = (&http, &url);
         async move {
-            let response = http.post(&url).body(sql.clone()).send().await?;
-            let status = response.status();
-            let text = response.text().await?;
-            if !status.is_success() {
-                bail!("{sql}: {text}");
-            }
-            Ok::<String, anyhow::Error>(text)
+            Ok::<String, anyhow::Error>(String::from_utf8(sql(http, url, query).await?.to_vec())?)
         }
     };
     // Event n: session n / 10, type n % 3, time spread evenly over 30 days in n order.
