@@ -1,4 +1,4 @@
-//! A Kafka-protocol broker (tansu) on 127.0.0.1.
+//! A Kafka-protocol broker (nisshi, tansu's successor) on 127.0.0.1.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,16 +9,37 @@ use rdkafka::ClientConfig;
 
 use crate::process::{wait_until, Launch};
 
-/// Where the broker keeps its log and committed offsets.
-#[derive(Debug, Clone)]
+/// Where the broker keeps its log and committed offsets (docs/broker.md compares them).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Storage {
-    /// Durable: survives a broker restart (tests of durability, local runs).
+    /// Durable, a file in the state directory: survives a broker restart (local runs, tests of
+    /// durability).
     Sqlite,
-    /// Fast and volatile (benchmarks).
+    /// Fast and volatile (benchmarks, tests that need no restart).
     Memory,
+    /// Durable, a PostgreSQL database at this URL (the broker creates its own tables).
+    Postgres(String),
 }
 
-/// A local tansu broker: its port, storage and state directory.
+impl std::str::FromStr for Storage {
+    type Err = String;
+
+    /// `sqlite`, `memory`, or a `postgres://…` URL.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "sqlite" => Ok(Storage::Sqlite),
+            "memory" => Ok(Storage::Memory),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Storage::Postgres(url.to_string()))
+            }
+            other => Err(format!(
+                "{other:?} is not a broker storage: sqlite, memory or a postgres:// URL"
+            )),
+        }
+    }
+}
+
+/// A local nisshi broker: its port, storage and state directory.
 #[derive(Debug, Clone)]
 pub struct Broker {
     pub state_dir: PathBuf,
@@ -32,18 +53,19 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub fn prepare(&self, tansu: &Path) -> Result<Launch> {
+    pub fn prepare(&self, binary: &Path) -> Result<Launch> {
         std::fs::create_dir_all(&self.state_dir)
             .with_context(|| format!("creating {}", self.state_dir.display()))?;
         let dir = std::fs::canonicalize(&self.state_dir)?;
         let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let storage = match self.storage {
-            // tansu drops the first `/` of the path, so an absolute path needs four.
-            Storage::Sqlite => format!("sqlite:///{}/tansu.db", dir.display()),
-            Storage::Memory => "memory://tansu/".to_string(),
+        let storage = match &self.storage {
+            // The broker drops the first `/` of the path, so an absolute path needs four.
+            Storage::Sqlite => format!("sqlite:///{}/nisshi.db", dir.display()),
+            Storage::Memory => "memory://nisshi/".to_string(),
+            Storage::Postgres(url) => url.clone(),
         };
         Ok(Launch {
-            program: tansu.to_path_buf(),
+            program: binary.to_path_buf(),
             args: vec![
                 "broker".into(),
                 "--listener-url".into(),
@@ -54,7 +76,7 @@ impl Broker {
                 storage.into(),
             ],
             envs: Vec::new(),
-            log_file: dir.join("tansu.log"),
+            log_file: dir.join("nisshi.log"),
         })
     }
 

@@ -1,5 +1,6 @@
 //! Finding the service binaries, and installing them when they are missing: ClickHouse from
-//! Debian's packages, tansu from crates.io, and for the tests chdb from PyPI.
+//! Debian's packages, the Kafka-protocol broker nisshi from crates.io, and for the tests chdb from
+//! PyPI.
 
 use std::env;
 use std::path::PathBuf;
@@ -7,9 +8,12 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// The tansu release and features The Eye is tested with (the default features have no storage).
-pub const TANSU_VERSION: &str = "0.6.0";
-const TANSU_FEATURES: &str = "libsql,dynostore";
+/// The nisshi release The Eye is tested with (tansu's successor; docs/broker.md says why). Its
+/// default features are the storage engines we use: sqlite (libsql), memory (dynostore) and
+/// PostgreSQL.
+pub const BROKER_VERSION: &str = "0.8.1";
+/// nisshi 0.8.1 needs rustc 1.96 or later; the project itself builds on stable 1.95.
+const BROKER_TOOLCHAIN: &str = "nightly";
 
 /// `name` on PATH, or in cargo's install directory (which a fresh shell may not have on PATH).
 fn find_binary(name: &str) -> Option<PathBuf> {
@@ -26,14 +30,14 @@ fn find_binary(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// The installed `tansu`, if it is the expected version.
-pub fn tansu() -> Option<PathBuf> {
-    let path = env::var_os("EYE_TANSU_BIN")
+/// The installed `nisshi`, if it is the expected version (`EYE_BROKER_BIN` names another).
+pub fn broker() -> Option<PathBuf> {
+    let path = env::var_os("EYE_BROKER_BIN")
         .map(PathBuf::from)
-        .or_else(|| find_binary("tansu"))?;
+        .or_else(|| find_binary("nisshi"))?;
     let output = Command::new(&path).arg("--version").output().ok()?;
     String::from_utf8_lossy(&output.stdout)
-        .contains(TANSU_VERSION)
+        .contains(BROKER_VERSION)
         .then_some(path)
 }
 
@@ -41,24 +45,29 @@ pub fn clickhouse_server() -> Option<PathBuf> {
     find_binary("clickhouse-server")
 }
 
-/// Installs tansu with cargo unless the expected version is already there.
-pub fn ensure_tansu() -> Result<PathBuf> {
-    if let Some(path) = tansu() {
+/// Installs nisshi with cargo on the nightly toolchain unless the expected version is there.
+pub fn ensure_broker() -> Result<PathBuf> {
+    if let Some(path) = broker() {
         return Ok(path);
     }
-    eprintln!("installing tansu {TANSU_VERSION} with cargo (the first build takes ~20 minutes)");
-    run(
-        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+    eprintln!(
+        "installing nisshi {BROKER_VERSION} with cargo +{BROKER_TOOLCHAIN} (the first build takes ~15 minutes)"
+    );
+    run(Command::new("rustup")
+        .args([
+            "run",
+            BROKER_TOOLCHAIN,
+            "cargo",
             "install",
             "--locked",
-            "tansu",
-            "--version",
-            TANSU_VERSION,
-            "--features",
-            TANSU_FEATURES,
-        ]),
-    )?;
-    tansu().context("tansu was installed but is not found on PATH or in ~/.cargo/bin")
+            "nisshi",
+        ])
+        .args(["--version", BROKER_VERSION])
+        // `cargo dev` runs under stable cargo, which passes its toolchain on to children.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC"))?;
+    broker().context("nisshi was installed but is not found on PATH or in ~/.cargo/bin")
 }
 
 /// Installs Debian's clickhouse-server and clickhouse-client unless they are there.

@@ -35,7 +35,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install clickhouse-server (apt) and tansu (cargo) if they are missing.
+    /// Install clickhouse-server (apt) and the broker nisshi (cargo +nightly) if they are missing.
     Install,
     /// Start ClickHouse and the Kafka broker (installing them if needed) and create the topics.
     Up(Ports),
@@ -50,12 +50,25 @@ enum Cmd {
     /// processor beside its consumer and clickhouse-client insert ceilings and ClickHouse's Kafka
     /// engine, end to end at 1,000 events/s, and queries over 10M events. Each prints a table.
     Bench(Ports),
-    /// Install the services the tests start, run `cargo test` for the whole workspace, and end
-    /// with a total line `summary: N passed, M failed`.
+    /// Install the services the tests start, run `cargo test` for the whole workspace, then the
+    /// short fault matrix (`eye chaos --short` on the debug binaries), and end with a total line
+    /// `summary: N passed, M failed` over both.
     Test {
+        /// Run only `cargo test`, not the fault matrix.
+        #[arg(long)]
+        skip_chaos: bool,
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
+    },
+    /// The fault matrix on release binaries (`eye chaos`): the whole pipeline on the durable
+    /// broker under steady load from retrying clients, through processor ×5, ingest ×2 and
+    /// broker ×2 SIGKILLs, ClickHouse SIGSTOP for 60 s and ClickHouse SIGKILL; a table per fault.
+    Chaos {
+        /// Arguments for `eye chaos`, e.g. `--short` or `--broker-storage memory` (see
+        /// `cargo run --bin eye -- chaos --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        chaos_args: Vec<String>,
     },
 }
 
@@ -76,9 +89,10 @@ struct Ports {
     /// Partitions of the raw topic.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
-    /// Keep the broker's log in memory (fast, lost on restart) instead of sqlite.
-    #[arg(long)]
-    memory: bool,
+    /// Where the broker keeps its log: `sqlite` (durable, in the state directory), `memory`
+    /// (fast, lost on restart) or a `postgres://…` URL of a running PostgreSQL.
+    #[arg(long, default_value = "sqlite")]
+    broker_storage: Storage,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -102,7 +116,7 @@ const CLICKHOUSE: Managed = Managed {
 };
 const KAFKA: Managed = Managed {
     name: "kafka",
-    program: "tansu",
+    program: "nisshi",
 };
 const INGEST: Managed = Managed {
     name: "ingest",
@@ -157,7 +171,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Install => {
             install::ensure_clickhouse()?;
-            install::ensure_tansu()?;
+            install::ensure_broker()?;
         }
         Cmd::Up(ports) => {
             up(&state, &ports)?;
@@ -171,19 +185,52 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
             status(&state);
         }
         Cmd::Bench(mut ports) => {
-            ports.memory = true;
+            ports.broker_storage = Storage::Memory;
             up(&state, &ports)?;
             start_pipeline(&state, &ports)?;
             bench(&ports)?;
         }
-        Cmd::Test { cargo_test_args } => return test(&cargo_test_args),
+        Cmd::Test {
+            skip_chaos,
+            cargo_test_args,
+        } => return test(&cargo_test_args, !skip_chaos),
+        Cmd::Chaos { chaos_args } => {
+            install::ensure_clickhouse()?;
+            install::ensure_broker()?;
+            cargo(&[
+                "build",
+                "--release",
+                "--bin",
+                "eye",
+                "--bin",
+                "eye-ingest",
+                "--bin",
+                "eye-processor",
+            ])?;
+            let bin = workspace_root().join("target/release");
+            let status = Command::new(bin.join("eye"))
+                .current_dir(workspace_root())
+                .arg("chaos")
+                .arg("--ingest-bin")
+                .arg(bin.join("eye-ingest"))
+                .arg("--processor-bin")
+                .arg(bin.join("eye-processor"))
+                .args(&chaos_args)
+                .status()
+                .context("running eye chaos")?;
+            return Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn up(state: &Path, ports: &Ports) -> Result<()> {
     let clickhouse_server = install::ensure_clickhouse()?;
-    let tansu = install::ensure_tansu()?;
+    let broker_binary = install::ensure_broker()?;
     fs::create_dir_all(state)?;
     let state = fs::canonicalize(state)?;
 
@@ -198,13 +245,9 @@ fn up(state: &Path, ports: &Ports) -> Result<()> {
     let broker = Broker {
         state_dir: state.join("kafka"),
         port: ports.kafka_port,
-        storage: if ports.memory {
-            Storage::Memory
-        } else {
-            Storage::Sqlite
-        },
+        storage: ports.broker_storage.clone(),
     };
-    let launch = broker.prepare(&tansu)?;
+    let launch = broker.prepare(&broker_binary)?;
     KAFKA.start(&state, &launch, &broker.bootstrap())?;
 
     clickhouse.wait_ready(READY_TIMEOUT)?;
@@ -215,21 +258,14 @@ fn up(state: &Path, ports: &Ports) -> Result<()> {
 
 fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
     let root = workspace_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--bin",
-            "eye-ingest",
-            "--bin",
-            "eye-processor",
-        ])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build failed: {status}");
-    }
+    cargo(&[
+        "build",
+        "--release",
+        "--bin",
+        "eye-ingest",
+        "--bin",
+        "eye-processor",
+    ])?;
     let state = fs::canonicalize(state)?;
     let bin = root.join("target/release");
     let kafka = format!("127.0.0.1:{}", ports.kafka_port);
@@ -282,15 +318,7 @@ fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
 /// Runs each `eye bench` scenario against the services `ports` names, printing its command first.
 fn bench(ports: &Ports) -> Result<()> {
     let root = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .current_dir(&root)
-        .args(["build", "--release", "--bin", "eye"])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build failed: {status}");
-    }
+    cargo(&["build", "--release", "--bin", "eye"])?;
     let kafka = format!("127.0.0.1:{}", ports.kafka_port);
     let clickhouse = format!("http://127.0.0.1:{}", ports.clickhouse_http_port);
     let ingest = format!("http://127.0.0.1:{}/v1/events", ports.ingest_port);
@@ -347,38 +375,90 @@ fn status(state: &Path) {
     }
 }
 
-fn test(cargo_test_args: &[String]) -> Result<ExitCode> {
+fn test(cargo_test_args: &[String], chaos: bool) -> Result<ExitCode> {
     install::ensure_clickhouse()?;
-    install::ensure_tansu()?;
+    install::ensure_broker()?;
     install::ensure_chdb()?;
-    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut tests = Command::new(cargo_program());
+    tests
         .current_dir(workspace_root())
         .args(["test", "--workspace", "--no-fail-fast"])
         // One test at a time within each binary: the tests of a binary share one ClickHouse and
         // one broker on two cores, and their timeouts assume neither is shared with another test.
         .env("RUST_TEST_THREADS", "1")
-        .args(cargo_test_args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running cargo test")?;
+        .args(cargo_test_args);
     // Pass the output through, adding up every test binary's `test result:` line, so the run
     // ends with one total (the last binary cargo runs may hold no test at all).
     let (mut passed, mut failed) = (0u64, 0u64);
-    for line in BufReader::new(child.stdout.take().context("cargo test output")?).lines() {
-        let line = line?;
-        println!("{line}");
-        if let Some(result) = line.strip_prefix("test result: ") {
-            passed += count_before(result, " passed");
-            failed += count_before(result, " failed");
-        }
+    let mut success = run_counting(&mut tests, "test result: ", &mut passed, &mut failed)?;
+    if chaos {
+        // The debug binaries `cargo test` built.
+        cargo(&[
+            "build",
+            "--bin",
+            "eye",
+            "--bin",
+            "eye-ingest",
+            "--bin",
+            "eye-processor",
+        ])?;
+        let bin = workspace_root().join("target/debug");
+        let mut matrix = Command::new(bin.join("eye"));
+        matrix
+            .current_dir(workspace_root())
+            .args(["chaos", "--short"])
+            .arg("--ingest-bin")
+            .arg(bin.join("eye-ingest"))
+            .arg("--processor-bin")
+            .arg(bin.join("eye-processor"));
+        success &= run_counting(&mut matrix, "chaos: ", &mut passed, &mut failed)?;
     }
-    let status = child.wait()?;
     println!("summary: {passed} passed, {failed} failed");
-    Ok(if status.success() {
+    Ok(if success {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Runs `command`, passing its output through and adding up the counts of its lines that start
+/// with `prefix` (`… N passed; M failed …`); true if it succeeded.
+fn run_counting(
+    command: &mut Command,
+    prefix: &str,
+    passed: &mut u64,
+    failed: &mut u64,
+) -> Result<bool> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {command:?}"))?;
+    for line in BufReader::new(child.stdout.take().context("child output")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix(prefix) {
+            *passed += count_before(result, " passed");
+            *failed += count_before(result, " failed");
+        }
+    }
+    Ok(child.wait()?.success())
+}
+
+fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Runs cargo in the workspace with `args`.
+fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(cargo_program())
+        .current_dir(workspace_root())
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
 }
 
 /// The number just before `label` in a line like `ok. 12 passed; 0 failed; …`.

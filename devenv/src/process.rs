@@ -102,12 +102,32 @@ pub struct Supervised {
 impl Supervised {
     /// Stops the service and waits until it has exited.
     pub fn stop(&mut self) {
+        if self.stdin.is_some() {
+            // A stopped (SIGSTOP) service would not act on the supervisor's TERM.
+            let _ = self.signal(Signal::SIGCONT);
+        }
         drop(self.stdin.take());
         let _ = self.child.wait();
     }
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` to the service itself (not its supervisor): SIGKILL for a crash, SIGSTOP
+    /// and SIGCONT for a server that hangs. After a SIGKILL, [`Supervised::stop`] reaps the
+    /// supervisor.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        let supervisor = self.child.id();
+        // The supervisor's only child is the service.
+        let children = fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children"))
+            .with_context(|| format!("reading the children of supervisor {supervisor}"))?;
+        let pid: i32 = children
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse().ok())
+            .with_context(|| format!("supervisor {supervisor} runs no service"))?;
+        kill(Pid::from_raw(pid), signal).with_context(|| format!("sending {signal} to {pid}"))
     }
 }
 

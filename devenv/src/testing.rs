@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
+pub use nix::sys::signal::Signal;
+
 use crate::broker::{Broker, Storage};
 use crate::clickhouse::ClickHouseServer;
 use crate::install;
@@ -38,21 +41,23 @@ pub fn services() -> &'static SharedServices {
             .and_then(|launch| launch.spawn_supervised(Some(&clickhouse_dir)))
             .expect("starting ClickHouse for tests");
         let broker_dir = scratch_dir("broker");
-        // In memory: tansu 0.6's sqlite engine is slow under parallel tests and panicked once
-        // under load (see docs/benchmarks.md); tests of durability start their own sqlite broker.
+        // In memory: the shared broker is never restarted, and memory is the fastest engine;
+        // tests of durability start a sqlite broker of their own ([`OwnedBroker::start`]).
         let broker = Broker {
             state_dir: broker_dir.clone(),
             port: free_port(),
             storage: Storage::Memory,
         };
         let broker_process = broker
-            .prepare(&tansu_binary())
+            .prepare(&broker_binary())
             .and_then(|launch| launch.spawn_supervised(Some(&broker_dir)))
-            .expect("starting tansu for tests");
+            .expect("starting the broker for tests");
         clickhouse
             .wait_ready(READY_TIMEOUT)
             .expect("ClickHouse for tests");
-        broker.wait_ready(READY_TIMEOUT).expect("tansu for tests");
+        broker
+            .wait_ready(READY_TIMEOUT)
+            .expect("the broker for tests");
         SharedServices {
             broker,
             clickhouse,
@@ -73,10 +78,6 @@ pub struct OwnedBroker {
 impl OwnedBroker {
     /// Durable (sqlite) storage: a restart keeps the log.
     pub fn start() -> Self {
-        Self::start_with(Storage::Sqlite)
-    }
-
-    pub fn start_with(storage: Storage) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("eye-test-broker-")
             .tempdir()
@@ -84,7 +85,7 @@ impl OwnedBroker {
         let broker = Broker {
             state_dir: dir.path().to_path_buf(),
             port: free_port(),
-            storage,
+            storage: Storage::Sqlite,
         };
         let mut owned = OwnedBroker {
             broker,
@@ -106,16 +107,26 @@ impl OwnedBroker {
         }
     }
 
+    /// Sends `signal` to the broker process (SIGKILL, SIGSTOP, SIGCONT).
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        self.process
+            .as_ref()
+            .context("the broker is not running")?
+            .signal(signal)
+    }
+
     /// Starts the broker again on the same port and waits until it answers.
     pub fn resume(&mut self) {
         assert!(self.process.is_none(), "broker already running");
         let process = self
             .broker
-            .prepare(&tansu_binary())
+            .prepare(&broker_binary())
             .and_then(|launch| launch.spawn_supervised(None))
-            .expect("starting tansu");
+            .expect("starting the broker");
         self.process = Some(process);
-        self.broker.wait_ready(READY_TIMEOUT).expect("tansu ready");
+        self.broker
+            .wait_ready(READY_TIMEOUT)
+            .expect("the broker ready");
     }
 }
 
@@ -159,6 +170,14 @@ impl OwnedClickHouse {
         if let Some(mut process) = self.process.take() {
             process.stop();
         }
+    }
+
+    /// Sends `signal` to the server process (SIGKILL, SIGSTOP, SIGCONT).
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        self.process
+            .as_ref()
+            .context("ClickHouse is not running")?
+            .signal(signal)
     }
 
     /// Starts the server again on the same ports and waits until it answers.
@@ -205,11 +224,11 @@ fn scratch_dir(service: &str) -> PathBuf {
         .keep()
 }
 
-fn tansu_binary() -> PathBuf {
-    install::tansu().unwrap_or_else(|| {
+fn broker_binary() -> PathBuf {
+    install::broker().unwrap_or_else(|| {
         panic!(
-            "tansu {} is not installed: run the tests with `cargo dev test`, which installs it",
-            install::TANSU_VERSION
+            "nisshi {} is not installed: run the tests with `cargo dev test`, which installs it",
+            install::BROKER_VERSION
         )
     })
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use eye_core::kafka::create_topics;
 use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
-use eye_devenv::broker::Storage;
 use eye_devenv::testing::{services, unique_name, OwnedBroker};
 use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig};
@@ -539,8 +538,8 @@ async fn concurrent_clients_every_acknowledged_event_on_the_topic_exactly_once()
     const CLIENTS: usize = 50;
     const EVENTS_PER_CLIENT: usize = 200;
     const BATCH: usize = 20;
-    // A broker of its own, so this load does not slow the other tests.
-    let broker = OwnedBroker::start_with(Storage::Memory);
+    // A durable broker of its own, so this load does not slow the other tests.
+    let broker = OwnedBroker::start();
     let bridge = Bridge::start(&broker.bootstrap(), |_| {}).await;
     let template: serde_json::Value = serde_json::from_str(&reference_event("pageview")).unwrap();
     let mut clients = Vec::new();

@@ -55,6 +55,9 @@ pub struct ConsumerSettings {
     /// How long the group waits for a silent member (a crashed processor) before giving its
     /// partitions to another (`session.timeout.ms`).
     pub session_timeout_ms: u64,
+    /// `/readyz` answers 503 once the committed offsets have not moved for this long while
+    /// messages wait: a processor stuck on one batch is visible to whatever restarts it.
+    pub stalled_after_ms: u64,
 }
 
 impl Default for ConsumerSettings {
@@ -64,6 +67,7 @@ impl Default for ConsumerSettings {
             group_id: "eye-processor".into(),
             default_application: "direct".into(),
             session_timeout_ms: 45_000,
+            stalled_after_ms: 120_000,
         }
     }
 }

@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 use crate::config::ProcessorConfig;
 use crate::dead_letter::{DeadLetterSink, FailedMessage};
+use crate::readiness::{ConsumerReport, Readiness};
 use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, ErrorRow, EventRow, SinkError, WatermarkRow};
 use crate::validate::{Envelope, ErrorType, FailedEvent, ValidEvent, Validator};
@@ -66,6 +67,7 @@ pub struct PipelineContext {
     progress: Arc<Mutex<Progress>>,
     /// Whether this processor owns partition 0, and so judges the alert rules.
     owns_first_partition: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
 }
 
 impl PipelineContext {
@@ -77,13 +79,37 @@ impl PipelineContext {
 
 impl ClientContext for PipelineContext {
     fn stats(&self, stats: Statistics) {
+        let broker_up = stats
+            .brokers
+            .values()
+            .any(|broker| broker.nodeid >= 0 && broker.state == "UP");
         let Some(topic) = stats.topics.get(&self.topic) else {
+            self.readiness.observe(
+                ConsumerReport {
+                    broker_up,
+                    ..ConsumerReport::default()
+                },
+                Instant::now(),
+            );
             return;
         };
         let mut progress = lock(&self.progress);
+        let mut report = ConsumerReport {
+            broker_up,
+            ..ConsumerReport::default()
+        };
         for (&partition, state) in &topic.partitions {
             if partition < 0 {
                 continue;
+            }
+            if progress.assigned.contains(&partition) && state.hi_offset >= 0 {
+                let from = if state.committed_offset >= 0 {
+                    report.committed.insert(partition, state.committed_offset);
+                    state.committed_offset
+                } else {
+                    state.lo_offset.max(0)
+                };
+                report.lag += (state.hi_offset - from).max(0);
             }
             if state.consumer_lag >= 0 {
                 gauge!("eye_processor_consumer_lag", "partition" => partition.to_string())
@@ -102,6 +128,7 @@ impl ClientContext for PipelineContext {
                 progress.caught_up.remove(&partition);
             }
         }
+        self.readiness.observe(report, Instant::now());
     }
 }
 
@@ -289,7 +316,7 @@ pub struct Pipeline {
     publishing: Option<Publishing>,
     config: ProcessorConfig,
     progress: Arc<Mutex<Progress>>,
-    sink_healthy: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
     owns_first_partition: Arc<AtomicBool>,
 }
 
@@ -300,7 +327,7 @@ impl Pipeline {
         validator: Validator,
         sink: ClickHouseSink,
         outputs: Outputs,
-        sink_healthy: Arc<AtomicBool>,
+        readiness: Arc<Readiness>,
     ) -> Result<Self, PipelineError> {
         let mut client = ClientConfig::new();
         let replay = matches!(source, Source::Range { .. });
@@ -330,6 +357,7 @@ impl Pipeline {
                 topic: config.consumer.topic.clone(),
                 progress: progress.clone(),
                 owns_first_partition: owns_first_partition.clone(),
+                readiness: readiness.clone(),
             })?;
         match &source {
             Source::Group => consumer.subscribe(&[&config.consumer.topic])?,
@@ -358,7 +386,7 @@ impl Pipeline {
             publishing: None,
             config,
             progress,
-            sink_healthy,
+            readiness,
             owns_first_partition,
         })
     }
@@ -484,9 +512,16 @@ impl Pipeline {
     /// offsets. False when `stop` resolved before the batch could be written (its rows are then
     /// dropped unstored, to be redelivered).
     async fn write(&mut self, stop: impl Future<Output = ()>) -> bool {
-        tokio::pin!(stop);
         let mut batch = std::mem::take(&mut lock(&self.progress).batch);
-        let batch = &mut batch;
+        // Readiness sees a write that hangs (statistics stop while it does).
+        self.readiness.set_writing(batch.len() as u64);
+        let written = self.write_batch(&mut batch, stop).await;
+        self.readiness.set_writing(0);
+        written
+    }
+
+    async fn write_batch(&mut self, batch: &mut Batch, stop: impl Future<Output = ()>) -> bool {
+        tokio::pin!(stop);
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -497,7 +532,7 @@ impl Pipeline {
                     self.isolate_refused_rows(batch).await;
                 }
                 Err(error) => {
-                    self.sink_healthy.store(false, Ordering::Relaxed);
+                    self.readiness.set_outputs_healthy(false);
                     counter!("eye_processor_sink_retries_total").increment(1);
                     warn!(%error, retry_in = ?backoff, "ClickHouse write failed");
                     tokio::select! {
@@ -508,7 +543,7 @@ impl Pipeline {
                 }
             }
         }
-        self.sink_healthy.store(true, Ordering::Relaxed);
+        self.readiness.set_outputs_healthy(true);
         histogram!("eye_processor_insert_seconds").record(started.elapsed().as_secs_f64());
         histogram!("eye_processor_batch_events").record(batch.len() as f64);
         debug!(
@@ -525,7 +560,7 @@ impl Pipeline {
                     task: tokio::spawn(publish_until_done(
                         session_updates.clone(),
                         batch.sessions(),
-                        self.sink_healthy.clone(),
+                        self.readiness.clone(),
                     )),
                     next_offsets: batch.next_offsets.clone(),
                 })
@@ -758,18 +793,18 @@ impl Pipeline {
 async fn publish_until_done(
     session_updates: Arc<SessionUpdates>,
     sessions: BTreeSet<(String, Uuid)>,
-    sink_healthy: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
 ) {
     let started = Instant::now();
     let mut backoff = Duration::from_secs(1);
     while let Err(error) = session_updates.publish(&sessions).await {
-        sink_healthy.store(false, Ordering::Relaxed);
+        readiness.set_outputs_healthy(false);
         counter!("eye_processor_sink_retries_total").increment(1);
         warn!(%error, retry_in = ?backoff, "publishing session updates failed");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    sink_healthy.store(true, Ordering::Relaxed);
+    readiness.set_outputs_healthy(true);
     histogram!("eye_processor_session_updates_seconds").record(started.elapsed().as_secs_f64());
 }
 

@@ -10,14 +10,15 @@ pub mod alerts;
 pub mod config;
 pub mod consume;
 pub mod dead_letter;
+pub mod readiness;
 pub mod replay;
 pub mod session_updates;
 pub mod sink;
 pub mod validate;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -32,6 +33,7 @@ use crate::alerts::{AlertError, AlertEvaluator};
 use crate::config::ProcessorConfig;
 use crate::consume::{Outputs, Pipeline, PipelineError, Source};
 use crate::dead_letter::DeadLetterSink;
+use crate::readiness::Readiness;
 use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::validate::Validator;
@@ -79,9 +81,12 @@ pub async fn run(
     let dead_letters =
         DeadLetterSink::new(&config.kafka, &config.dead_letter, &config.consumer.topic)
             .map_err(PipelineError::Kafka)?;
-    let sink_healthy = Arc::new(AtomicBool::new(true));
+    let readiness = Arc::new(Readiness::new(
+        Duration::from_millis(config.consumer.stalled_after_ms),
+        Instant::now(),
+    ));
     let health = Health {
-        sink_healthy: sink_healthy.clone(),
+        readiness: readiness.clone(),
         metrics: eye_core::telemetry::prometheus()?,
     };
     info!(address = %listener.local_addr()?, topic = %config.consumer.topic, "processor starting");
@@ -105,7 +110,7 @@ pub async fn run(
             dead_letters: Some(dead_letters),
             session_updates,
         },
-        sink_healthy,
+        readiness,
     )?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -175,7 +180,7 @@ pub(crate) async fn session_updates(
 
 #[derive(Clone)]
 struct Health {
-    sink_healthy: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
     metrics: PrometheusHandle,
 }
 
@@ -189,11 +194,10 @@ impl Health {
     }
 }
 
-async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
-    if health.sink_healthy.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "ClickHouse writes failing")
+async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
+    match health.readiness.check(Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ready".into()),
+        Err(not_ready) => (StatusCode::SERVICE_UNAVAILABLE, not_ready.to_string()),
     }
 }
 

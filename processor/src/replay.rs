@@ -13,18 +13,15 @@
 //! the same alerts, with the same ids, as the live processor did.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
 use eye_core::schemas::TopicSchema;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::statistics::Statistics;
-use rdkafka::ClientContext;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use tracing::info;
 use uuid::Uuid;
@@ -32,6 +29,7 @@ use uuid::Uuid;
 use crate::alerts::AlertEvaluator;
 use crate::config::ProcessorConfig;
 use crate::consume::{Outputs, Pipeline, PipelineError, Source, WrittenOffsets};
+use crate::readiness::Readiness;
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::StartError;
 
@@ -136,7 +134,10 @@ pub async fn replay(
             dead_letters: None,
             session_updates: crate::session_updates(&config, &sink).await?,
         },
-        Arc::new(AtomicBool::new(true)),
+        Arc::new(Readiness::new(
+            Duration::from_millis(config.consumer.stalled_after_ms),
+            Instant::now(),
+        )),
     )?;
     let written: WrittenOffsets = pipeline.written_offsets();
     let run = tokio::spawn(pipeline.run(std::future::pending()));
@@ -205,12 +206,8 @@ async fn empty_tables(sink: &ClickHouseSink, database: &str) -> Result<Vec<Strin
     Ok(tables)
 }
 
-/// Per partition, where to start (the first offset, or the first at or after `from`) and the
-/// end of the log now.
-///
-/// The ends come from fetch responses (the statistics' `hi_offset`, after reading from the
-/// beginning until a message or the end of each partition) rather than from ListOffsets: tansu
-/// 0.6's memory engine answers ListOffsets(latest) with an offset inside the last record batch.
+/// Per partition, where to start (the log's start, or the first offset at or after `from`) and
+/// the end of the log now, from ListOffsets.
 async fn plan(config: &ProcessorConfig, from: Option<DateTime<Utc>>) -> Result<Plan, KafkaError> {
     let mut client = ClientConfig::new();
     client
@@ -219,18 +216,13 @@ async fn plan(config: &ProcessorConfig, from: Option<DateTime<Utc>>) -> Result<P
             "group.id",
             format!("{}-replay-plan", config.consumer.group_id),
         )
-        .set("enable.partition.eof", "true")
-        .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", "100");
+        .set("enable.auto.commit", "false");
     for (key, value) in &config.kafka.librdkafka {
         client.set(key, value);
     }
     let topic = config.consumer.topic.clone();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer<LogEnds> = client.create_with_context(LogEnds {
-            topic: topic.clone(),
-            ends: Mutex::new((Instant::now(), BTreeMap::new())),
-        })?;
+        let consumer: BaseConsumer = client.create()?;
         let metadata = consumer.fetch_metadata(Some(&topic), KAFKA_TIMEOUT)?;
         let partitions: Vec<i32> = metadata
             .topics()
@@ -238,52 +230,12 @@ async fn plan(config: &ProcessorConfig, from: Option<DateTime<Utc>>) -> Result<P
             .filter(|found| found.name() == topic)
             .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
             .collect();
-        let mut beginning = TopicPartitionList::new();
-        for &partition in &partitions {
-            beginning.add_partition_offset(&topic, partition, Offset::Beginning)?;
-        }
-        consumer.assign(&beginning)?;
-        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-        let deadline = Instant::now() + KAFKA_TIMEOUT;
-        while first.len() < partitions.len() {
-            if Instant::now() > deadline {
-                return Err(KafkaError::MessageConsumption(
-                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-                ));
-            }
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => {
-                    first.entry(message.partition()).or_insert(message.offset());
-                }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    first.entry(partition).or_insert(i64::MAX);
-                }
-                Some(Err(error)) => return Err(error),
-                None => {}
-            }
-        }
-        // Statistics taken after every partition's first answer know each one's end.
-        let asked = Instant::now();
-        let ends = loop {
-            let ends = lock(&consumer.context().ends).clone();
-            if ends.0 > asked
-                && partitions
-                    .iter()
-                    .all(|partition| ends.1.contains_key(partition))
-            {
-                break ends.1;
-            }
-            if Instant::now() > deadline + KAFKA_TIMEOUT {
-                return Err(KafkaError::MessageConsumption(
-                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-                ));
-            }
-            consumer.poll(Duration::from_millis(50));
-        };
         let mut plan = Plan::new();
-        for (&partition, &start) in &first {
-            let end = ends[&partition];
-            plan.insert(partition, (start.min(end), end));
+        for &partition in &partitions {
+            plan.insert(
+                partition,
+                consumer.fetch_watermarks(&topic, partition, KAFKA_TIMEOUT)?,
+            );
         }
         if let Some(from) = from {
             let mut wanted = TopicPartitionList::new();
@@ -311,34 +263,4 @@ async fn plan(config: &ProcessorConfig, from: Option<DateTime<Utc>>) -> Result<P
     })
     .await
     .map_err(|_| KafkaError::Canceled)?
-}
-
-/// Collects each partition's end of log from the statistics.
-struct LogEnds {
-    topic: String,
-    /// When the statistics were taken, and the ends they gave.
-    ends: Mutex<(Instant, BTreeMap<i32, i64>)>,
-}
-
-impl ClientContext for LogEnds {
-    fn stats(&self, stats: Statistics) {
-        let Some(topic) = stats.topics.get(&self.topic) else {
-            return;
-        };
-        let ends = topic
-            .partitions
-            .iter()
-            .filter(|(&partition, state)| partition >= 0 && state.hi_offset >= 0)
-            .map(|(&partition, state)| (partition, state.hi_offset))
-            .collect();
-        *lock(&self.ends) = (Instant::now(), ends);
-    }
-}
-
-impl ConsumerContext for LogEnds {}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -4,36 +4,20 @@
 //! throughput and reply-latency percentiles (HDR histogram), as a table or as JSON.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use chrono::{DateTime, Utc};
+use anyhow::Context;
+use chrono::Utc;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value as Json};
-use uuid::Uuid;
 
-/// Failure kinds the generator can produce, each the processor's `error_type` of that name.
-const FAILURE_KINDS: [&str; 9] = [
-    "malformed_json",
-    "missing_field",
-    "invalid_type",
-    "unexpected_field",
-    "invalid_session_id",
-    "invalid_timestamp",
-    "unknown_event_type",
-    "invalid_data",
-    "future_timestamp",
-];
-const EVENT_TYPES: [&str; 3] = ["pageview", "cta_click", "submit"];
+use crate::traffic::{GeneratedEvent, Generator, TrafficArgs};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Target {
@@ -41,35 +25,6 @@ pub enum Target {
     Http,
     /// Produce straight to the raw topic (the direct-produce contract).
     Kafka,
-}
-
-/// `name=percent` pairs, comma-separated.
-#[derive(Debug, Clone, Default)]
-pub struct Shares(BTreeMap<String, f64>);
-
-impl FromStr for Shares {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut shares = BTreeMap::new();
-        for pair in text
-            .split(',')
-            .map(str::trim)
-            .filter(|pair| !pair.is_empty())
-        {
-            let (name, percent) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("{pair:?} is not name=percent"))?;
-            let percent: f64 = percent
-                .parse()
-                .map_err(|_| format!("{percent:?} is not a number"))?;
-            if !(0.0..=100.0).contains(&percent) {
-                return Err(format!("{name}: {percent} is not a percentage"));
-            }
-            shares.insert(name.trim().to_string(), percent);
-        }
-        Ok(Shares(shares))
-    }
 }
 
 #[derive(Args, Debug)]
@@ -110,248 +65,11 @@ pub struct LoadArgs {
     /// Events per request (a JSON array when above 1) or per produced group.
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
-    /// Sessions open at once; a session ends after --events-per-session events and a new one
-    /// takes its place.
-    #[arg(long, default_value_t = 1_000)]
-    sessions: usize,
-    #[arg(long, default_value_t = 20)]
-    events_per_session: u64,
-    /// Relative shares of the reference event types.
-    #[arg(long, default_value = "pageview=60,cta_click=25,submit=15")]
-    mix: Shares,
-    /// Percent of events made to fail, per kind, e.g. `invalid_data=2,future_timestamp=1`.
-    /// Kinds: malformed_json (refused with 400 by the bridge; reaches the topic only with
-    /// --target kafka), missing_field, invalid_type, unexpected_field, invalid_session_id,
-    /// invalid_timestamp, unknown_event_type, invalid_data, future_timestamp.
-    #[arg(long, default_value = "")]
-    failures: Shares,
-    /// Percent of events stamped before the previous event of their session.
-    #[arg(long, default_value_t = 0.0)]
-    out_of_order: f64,
-    /// Percent of sends that repeat an event already sent (same event_id).
-    #[arg(long, default_value_t = 0.0)]
-    duplicates: f64,
-    /// Seed of the generator: the same seed and arguments generate the same events.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    traffic: TrafficArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// What was generated, by kind.
-#[derive(Debug, Default, Clone)]
-struct Generated {
-    valid: u64,
-    failures: BTreeMap<String, u64>,
-    out_of_order: u64,
-    duplicates: u64,
-}
-
-struct OpenSession {
-    id: Uuid,
-    sent: u64,
-    last_us: i64,
-}
-
-/// The event source shared by the clients.
-struct Generator {
-    rng: StdRng,
-    sessions: Vec<OpenSession>,
-    events_per_session: u64,
-    mix: Vec<(&'static str, f64)>,
-    failures: Vec<(&'static str, f64)>,
-    out_of_order: f64,
-    duplicates: f64,
-    /// Events already generated, for duplicates (bounded).
-    recent: Vec<(Uuid, Vec<u8>)>,
-    generated: Generated,
-}
-
-impl Generator {
-    fn new(args: &LoadArgs, started: DateTime<Utc>) -> anyhow::Result<Self> {
-        let mut rng = StdRng::seed_from_u64(args.seed);
-        let mix = EVENT_TYPES
-            .iter()
-            .map(|kind| (*kind, args.mix.0.get(*kind).copied().unwrap_or(0.0)))
-            .collect::<Vec<_>>();
-        if let Some(unknown) = args
-            .mix
-            .0
-            .keys()
-            .find(|kind| !EVENT_TYPES.contains(&kind.as_str()))
-        {
-            bail!("--mix: unknown event type {unknown:?} (known: {EVENT_TYPES:?})");
-        }
-        if mix.iter().map(|(_, share)| share).sum::<f64>() <= 0.0 {
-            bail!("--mix gives no event type a share");
-        }
-        if let Some(unknown) = args
-            .failures
-            .0
-            .keys()
-            .find(|kind| !FAILURE_KINDS.contains(&kind.as_str()))
-        {
-            bail!("--failures: unknown kind {unknown:?} (known: {FAILURE_KINDS:?})");
-        }
-        let failures = FAILURE_KINDS
-            .iter()
-            .map(|kind| (*kind, args.failures.0.get(*kind).copied().unwrap_or(0.0)))
-            .collect::<Vec<_>>();
-        if failures.iter().map(|(_, share)| share).sum::<f64>() > 100.0 {
-            bail!("--failures add up to more than 100%");
-        }
-        // Sessions began a while ago, so their events lie in the past.
-        let span_us = args.events_per_session as i64 * 2_000_000;
-        let sessions = (0..args.sessions.max(1))
-            .map(|_| OpenSession {
-                id: Uuid::from_u128(rng.random()),
-                sent: 0,
-                last_us: started.timestamp_micros() - span_us,
-            })
-            .collect();
-        Ok(Self {
-            rng,
-            sessions,
-            events_per_session: args.events_per_session.max(1),
-            mix,
-            failures,
-            out_of_order: args.out_of_order,
-            duplicates: args.duplicates,
-            recent: Vec::new(),
-            generated: Generated::default(),
-        })
-    }
-
-    fn pick<'a>(rng: &mut StdRng, shares: &[(&'a str, f64)], total: f64) -> Option<&'a str> {
-        let mut point = rng.random::<f64>() * total;
-        for (name, share) in shares {
-            if point < *share {
-                return Some(name);
-            }
-            point -= share;
-        }
-        None
-    }
-
-    /// The next event: its id and the bytes to send.
-    fn next(&mut self) -> (Uuid, Vec<u8>) {
-        if !self.recent.is_empty() && self.rng.random::<f64>() * 100.0 < self.duplicates {
-            self.generated.duplicates += 1;
-            let index = self.rng.random_range(0..self.recent.len());
-            return self.recent[index].clone();
-        }
-        let slot = self.rng.random_range(0..self.sessions.len());
-        if self.sessions[slot].sent >= self.events_per_session {
-            let last_us = self.sessions[slot].last_us;
-            self.sessions[slot] = OpenSession {
-                id: Uuid::from_u128(self.rng.random()),
-                sent: 0,
-                last_us: last_us - self.events_per_session as i64 * 2_000_000,
-            };
-        }
-        let step_us = self.rng.random_range(1_000_000..2_000_000);
-        let session = &mut self.sessions[slot];
-        session.sent += 1;
-        let out_of_order = session.sent > 1 && self.rng.random::<f64>() * 100.0 < self.out_of_order;
-        let at_us = if out_of_order {
-            session.last_us - step_us
-        } else {
-            session.last_us += step_us;
-            session.last_us
-        };
-        let session_id = session.id;
-        let mix_total = self.mix.iter().map(|(_, share)| share).sum();
-        let kind = Self::pick(&mut self.rng, &self.mix, mix_total).unwrap_or("pageview");
-        let failure = Self::pick(&mut self.rng, &self.failures, 100.0);
-        let event_id = Uuid::from_u128(self.rng.random());
-        let bytes = event(kind, failure, event_id, session_id, at_us, &mut self.rng);
-        match failure {
-            Some(failure) => {
-                *self
-                    .generated
-                    .failures
-                    .entry(failure.to_string())
-                    .or_default() += 1
-            }
-            None => self.generated.valid += 1,
-        }
-        if out_of_order {
-            self.generated.out_of_order += 1;
-        }
-        if self.duplicates > 0.0 {
-            if self.recent.len() < 10_000 {
-                self.recent.push((event_id, bytes.clone()));
-            } else {
-                let index = self.rng.random_range(0..self.recent.len());
-                self.recent[index] = (event_id, bytes.clone());
-            }
-        }
-        (event_id, bytes)
-    }
-}
-
-/// One event as JSON bytes, made to fail as `failure` says.
-fn event(
-    kind: &str,
-    failure: Option<&str>,
-    event_id: Uuid,
-    session_id: Uuid,
-    at_us: i64,
-    rng: &mut StdRng,
-) -> Vec<u8> {
-    let path = ["/", "/pricing", "/reviews", "/contact", "/blog"][rng.random_range(0..5)];
-    let (category, name, data) = match kind {
-        "cta_click" => (
-            "page interaction",
-            "cta click",
-            json!({"host": "www.example.com", "path": path, "element": "chat bubble"}),
-        ),
-        "submit" => (
-            "form interaction",
-            "submit",
-            json!({"host": "www.example.com", "path": path, "form": {"first_name": "John", "last_name": "Doe"}}),
-        ),
-        _ => (
-            "page interaction",
-            "pageview",
-            json!({"host": "www.example.com", "path": path}),
-        ),
-    };
-    let timestamp = |micros: i64| {
-        DateTime::from_timestamp_micros(micros)
-            .unwrap_or_default()
-            .format("%Y-%m-%d %H:%M:%S%.6f")
-            .to_string()
-    };
-    let mut event = json!({
-        "event_id": event_id.to_string(),
-        "session_id": session_id.to_string(),
-        "category": category,
-        "name": name,
-        "data": data,
-        "timestamp": timestamp(at_us),
-    });
-    match failure {
-        Some("malformed_json") => {
-            let text = event.to_string();
-            return text.as_bytes()[..text.len() / 2].to_vec();
-        }
-        Some("missing_field") => {
-            event.as_object_mut().map(|fields| fields.remove("name"));
-        }
-        Some("invalid_type") => event["category"] = json!(7),
-        Some("unexpected_field") => event["data"]["colour"] = json!("blue"),
-        Some("invalid_session_id") => event["session_id"] = json!("not-a-session"),
-        Some("invalid_timestamp") => event["timestamp"] = json!("yesterday at noon"),
-        Some("unknown_event_type") => event["name"] = json!("hover"),
-        Some("invalid_data") => event["data"]["path"] = json!(404),
-        Some("future_timestamp") => {
-            event["timestamp"] = json!(timestamp(Utc::now().timestamp_micros() + 86_400_000_000))
-        }
-        _ => {}
-    }
-    event.to_string().into_bytes()
 }
 
 /// Where the clients send.
@@ -376,26 +94,14 @@ enum Reply {
 }
 
 impl Sender {
-    async fn send(&self, events: &[(Uuid, Vec<u8>)]) -> Reply {
+    async fn send(&self, events: &[GeneratedEvent]) -> Reply {
         match self {
             Sender::Http {
                 client,
                 url,
                 api_key,
             } => {
-                let body = if events.len() == 1 {
-                    events[0].1.clone()
-                } else {
-                    let mut body = b"[".to_vec();
-                    for (index, (_, bytes)) in events.iter().enumerate() {
-                        if index > 0 {
-                            body.push(b',');
-                        }
-                        body.extend_from_slice(bytes);
-                    }
-                    body.push(b']');
-                    body
-                };
+                let body = crate::traffic::request_body(events);
                 match client
                     .post(url)
                     .bearer_auth(api_key)
@@ -416,19 +122,19 @@ impl Sender {
                 topic,
                 application,
             } => {
-                let sends = events.iter().map(|(event_id, bytes)| {
+                let sends = events.iter().map(|event| {
                     let headers =
                         rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
                             key: eye_core::raw::APPLICATION_HEADER,
                             value: Some(application.as_bytes()),
                         });
-                    let key = event_id.to_string();
+                    let key = event.event_id.to_string();
                     async move {
                         producer
                             .send(
                                 FutureRecord::to(topic)
                                     .key(&key)
-                                    .payload(bytes)
+                                    .payload(&event.bytes)
                                     .headers(headers),
                                 Duration::from_secs(30),
                             )
@@ -464,7 +170,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let deadline = args
         .duration
         .map(|seconds| Instant::now() + Duration::from_secs(seconds));
-    let generator = Arc::new(Mutex::new(Generator::new(&args, Utc::now())?));
+    let generator = Arc::new(Mutex::new(Generator::new(&args.traffic, Utc::now())?));
     let sender = match args.target {
         Target::Http => Sender::Http {
             client: reqwest::Client::builder()
@@ -555,7 +261,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                     if let Some(ticks) = ticks.as_mut() {
                         ticks.tick().await;
                     }
-                    let events: Vec<(Uuid, Vec<u8>)> = {
+                    let events: Vec<GeneratedEvent> = {
                         let mut generator = generator.lock().unwrap_or_else(|p| p.into_inner());
                         (0..take).map(|_| generator.next()).collect()
                     };

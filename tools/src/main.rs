@@ -1,8 +1,10 @@
 //! `eye`: tools around The Eye's pipeline.
 
 mod bench;
+mod chaos;
 mod load;
 mod produce;
+mod traffic;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +23,10 @@ enum Command {
     /// Generate realistic traffic (sessions, an event mix, failures, disorder, duplicates) over
     /// HTTP or straight to Kafka; print throughput and reply-latency percentiles.
     Load(load::LoadArgs),
+    /// The fault matrix: the whole pipeline on the durable broker under steady load from
+    /// retrying clients, through processor, ingest, broker and ClickHouse failures; checks that
+    /// nothing acknowledged is lost or duplicated and prints a table per fault.
+    Chaos(chaos::ChaosArgs),
     /// Benchmarks against running services (start them with `cargo dev run`, or run them all
     /// with `cargo dev bench`).
     #[command(subcommand)]
@@ -32,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Produce(args) => produce::run(args).await,
         Command::Load(args) => load::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
         Command::Bench(bench) => bench::run(bench).await,
     }
 }

@@ -120,21 +120,13 @@ impl Setup {
     }
 
     pub async fn produce(&self, messages: &[RawMessage]) {
-        self.produce_with(messages, &[]).await
-    }
-
-    /// Produces with extra producer settings (`(key, value)` pairs of librdkafka).
-    pub async fn produce_with(&self, messages: &[RawMessage], settings: &[(&str, &str)]) {
-        let mut config = ClientConfig::new();
-        config
+        let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("linger.ms", "20")
             .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "2000000");
-        for (key, value) in settings {
-            config.set(*key, *value);
-        }
-        let producer: FutureProducer = config.create().unwrap();
+            .set("queue.buffering.max.kbytes", "2000000")
+            .create()
+            .unwrap();
         let mut deliveries = Vec::new();
         for (index, (payload, headers)) in messages.iter().enumerate() {
             let mut owned = OwnedHeaders::new();
