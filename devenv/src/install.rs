@@ -3,7 +3,7 @@
 //! PyPI.
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -47,13 +47,21 @@ pub fn clickhouse_server() -> Option<PathBuf> {
 
 /// Installs nisshi with cargo on the nightly toolchain unless the expected version is there.
 pub fn ensure_broker() -> Result<PathBuf> {
-    if let Some(path) = broker() {
-        return Ok(path);
+    start_broker_install(None)?.finish()
+}
+
+/// A broker install under way, so other builds can share the two cores with its long serial
+/// tail; [`BrokerInstall::finish`] waits for it.
+pub struct BrokerInstall(Option<std::process::Child>);
+
+/// Starts installing nisshi unless the expected version is there; its output goes to `log` when
+/// given, else to the terminal.
+pub fn start_broker_install(log: Option<&Path>) -> Result<BrokerInstall> {
+    if broker().is_some() {
+        return Ok(BrokerInstall(None));
     }
-    eprintln!(
-        "installing nisshi {BROKER_VERSION} with cargo +{BROKER_TOOLCHAIN} (the first build takes ~15 minutes)"
-    );
-    run(Command::new("rustup")
+    let mut command = Command::new("rustup");
+    command
         .args([
             "run",
             BROKER_TOOLCHAIN,
@@ -66,8 +74,38 @@ pub fn ensure_broker() -> Result<PathBuf> {
         // `cargo dev` runs under stable cargo, which passes its toolchain on to children.
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO")
-        .env_remove("RUSTC"))?;
-    broker().context("nisshi was installed but is not found on PATH or in ~/.cargo/bin")
+        .env_remove("RUSTC");
+    match log {
+        Some(log) => {
+            let file = std::fs::File::create(log)
+                .with_context(|| format!("creating {}", log.display()))?;
+            command.stdout(file.try_clone()?).stderr(file);
+            eprintln!(
+                "installing nisshi {BROKER_VERSION} with cargo +{BROKER_TOOLCHAIN} in the background (~17 minutes the first time; log {})",
+                log.display()
+            );
+        }
+        None => eprintln!(
+            "installing nisshi {BROKER_VERSION} with cargo +{BROKER_TOOLCHAIN} (~17 minutes the first time)"
+        ),
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("running {command:?}"))?;
+    Ok(BrokerInstall(Some(child)))
+}
+
+impl BrokerInstall {
+    /// Waits for the install, then finds the broker.
+    pub fn finish(self) -> Result<PathBuf> {
+        if let Some(mut child) = self.0 {
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("installing nisshi {BROKER_VERSION} failed: {status}");
+            }
+        }
+        broker().context("nisshi was installed but is not found on PATH or in ~/.cargo/bin")
+    }
 }
 
 /// Installs Debian's clickhouse-server and clickhouse-client unless they are there.

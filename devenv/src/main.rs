@@ -13,10 +13,21 @@ use clap::{Args, Parser, Subcommand};
 use eye_devenv::broker::{Broker, Storage};
 use eye_devenv::clickhouse::ClickHouseServer;
 use eye_devenv::install;
-use eye_devenv::process::{running_pid, stop_by_pid_file, Launch, StopOutcome};
+use eye_devenv::process::{
+    http_get_ok, running_pid, stop_by_pid_file, wait_until, Launch, StopOutcome,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(15);
+/// The cargo arguments that build the services `run` starts.
+const PIPELINE_RELEASE_BUILD: [&str; 6] = [
+    "build",
+    "--release",
+    "--bin",
+    "eye-ingest",
+    "--bin",
+    "eye-processor",
+];
 /// The topic applications produce to and the processor consumes.
 const RAW_TOPIC: &str = "eye.events.raw";
 
@@ -180,6 +191,12 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Cmd::Down => down(&state)?,
         Cmd::Status => status(&state),
         Cmd::Run(ports) => {
+            // A missing broker builds beside the release binaries: together they take less
+            // than one after the other on two cores.
+            fs::create_dir_all(&state)?;
+            let broker = install::start_broker_install(Some(&state.join("nisshi-install.log")))?;
+            cargo(&PIPELINE_RELEASE_BUILD)?;
+            broker.finish()?;
             up(&state, &ports)?;
             start_pipeline(&state, &ports)?;
             status(&state);
@@ -193,7 +210,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Cmd::Test {
             skip_chaos,
             cargo_test_args,
-        } => return test(&cargo_test_args, !skip_chaos),
+        } => return test(&state, &cargo_test_args, !skip_chaos),
         Cmd::Chaos { chaos_args } => {
             install::ensure_clickhouse()?;
             install::ensure_broker()?;
@@ -258,14 +275,7 @@ fn up(state: &Path, ports: &Ports) -> Result<()> {
 
 fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
     let root = workspace_root();
-    cargo(&[
-        "build",
-        "--release",
-        "--bin",
-        "eye-ingest",
-        "--bin",
-        "eye-processor",
-    ])?;
+    cargo(&PIPELINE_RELEASE_BUILD)?;
     let state = fs::canonicalize(state)?;
     let bin = root.join("target/release");
     let kafka = format!("127.0.0.1:{}", ports.kafka_port);
@@ -312,6 +322,13 @@ fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
         ),
         &format!("http://{processor_listen}/metrics, consuming {RAW_TOPIC} into {clickhouse}"),
     )?;
+    // Ready before `run` returns, so the first request a user sends is accepted.
+    wait_until("the ingest bridge", READY_TIMEOUT, || {
+        http_get_ok(&ingest_listen, "/readyz")
+    })?;
+    wait_until("the processor", READY_TIMEOUT, || {
+        http_get_ok(&processor_listen, "/readyz")
+    })?;
     Ok(())
 }
 
@@ -375,10 +392,21 @@ fn status(state: &Path) {
     }
 }
 
-fn test(cargo_test_args: &[String], chaos: bool) -> Result<ExitCode> {
+fn test(state: &Path, cargo_test_args: &[String], chaos: bool) -> Result<ExitCode> {
+    // A missing broker builds beside the tests (see `run`).
+    fs::create_dir_all(state)?;
+    let broker = install::start_broker_install(Some(&state.join("nisshi-install.log")))?;
     install::ensure_clickhouse()?;
-    install::ensure_broker()?;
     install::ensure_chdb()?;
+    // The arguments for cargo, not those after `--` for the test binaries.
+    let build_args: Vec<&String> = cargo_test_args
+        .iter()
+        .take_while(|arg| arg.as_str() != "--")
+        .collect();
+    let mut build = vec!["test", "--workspace", "--no-run"];
+    build.extend(build_args.iter().map(|arg| arg.as_str()));
+    cargo(&build)?;
+    broker.finish()?;
     let mut tests = Command::new(cargo_program());
     tests
         .current_dir(workspace_root())

@@ -214,3 +214,19 @@ pub fn wait_until(
         }
     }
 }
+
+/// Succeeds when `GET http://{address}{path}` answers 200 (a plain HTTP/1.0 request, so readiness
+/// checks need no HTTP client).
+pub fn http_get_ok(address: &str, path: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("{path} answered {status:?}");
+    }
+    Ok(())
+}

@@ -28,8 +28,6 @@ pub struct Refusal {
     /// The status, or `timeout` / `connection`.
     pub what: String,
     pub at: Instant,
-    /// How long the bridge took to say no (the time-out itself for `timeout`).
-    pub took: Duration,
 }
 
 /// Everything the clients saw.
@@ -37,6 +35,8 @@ pub struct Refusal {
 pub struct Ledger {
     pub acknowledged: Vec<Acknowledged>,
     pub refusals: Vec<Refusal>,
+    /// Every attempt: when it ended and how long it took (the time-out itself for no reply).
+    pub attempts: Vec<(Instant, Duration)>,
     /// Events of requests refused for good (a 4xx other than 429): the load sent something the
     /// bridge does not take, which is the load's bug.
     pub rejected: Vec<(GeneratedEvent, String)>,
@@ -145,6 +145,11 @@ async fn deliver(
             .send()
             .await;
         let took = sent.elapsed();
+        ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attempts
+            .push((Instant::now(), took));
         let wait = match reply {
             Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
                 let at = Instant::now();
@@ -163,7 +168,7 @@ async fn deliver(
                     .and_then(|value| value.to_str().ok())
                     .and_then(|value| value.parse::<u64>().ok())
                     .map(Duration::from_secs);
-                record_refusal(ledger, status.as_u16().to_string(), took);
+                record_refusal(ledger, status.as_u16().to_string());
                 let retryable = status == reqwest::StatusCode::SERVICE_UNAVAILABLE
                     || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
                 if !retryable {
@@ -185,7 +190,7 @@ async fn deliver(
                 } else {
                     "connection"
                 };
-                record_refusal(ledger, what.into(), took);
+                record_refusal(ledger, what.into());
                 backoff
             }
         };
@@ -194,7 +199,7 @@ async fn deliver(
     }
 }
 
-fn record_refusal(ledger: &Mutex<Ledger>, what: String, took: Duration) {
+fn record_refusal(ledger: &Mutex<Ledger>, what: String) {
     ledger
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -202,7 +207,6 @@ fn record_refusal(ledger: &Mutex<Ledger>, what: String, took: Duration) {
         .push(Refusal {
             what,
             at: Instant::now(),
-            took,
         });
 }
 

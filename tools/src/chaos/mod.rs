@@ -209,11 +209,17 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         inject(&mut stack, fault, &args).await?;
         let recovered = Instant::now();
-        let backlog_end = log_ends(&stack.broker.bootstrap())?;
+        let backlog_end = log_ends(&stack.broker.bootstrap());
         let first_accept_seconds = first_accept_after(&ledger, recovered).await;
-        let backlog_seconds = committed_up_to(&stack.broker.bootstrap(), &backlog_end, recovered)
-            .await
-            .map(|at| at.duration_since(recovered).as_secs_f64());
+        let backlog_seconds = match backlog_end {
+            Ok(end) => committed_up_to(&stack.broker.bootstrap(), &end, recovered)
+                .await
+                .map(|at| at.duration_since(recovered).as_secs_f64()),
+            Err(error) => {
+                println!("  the topic's ends could not be read: {error:#}");
+                None
+            }
+        };
         phases.push(Phase {
             name: fault.name().into(),
             started,
@@ -226,8 +232,13 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     }
     println!("load stopping; waiting for the processor to commit the whole topic");
     let ledger = load.finish(Duration::from_secs(120)).await;
-    let end = log_ends(&stack.broker.bootstrap())?;
-    let drained = committed_up_to(&stack.broker.bootstrap(), &end, Instant::now()).await;
+    let drained = match log_ends(&stack.broker.bootstrap()) {
+        Ok(end) => committed_up_to(&stack.broker.bootstrap(), &end, Instant::now()).await,
+        Err(error) => {
+            println!("the topic's ends could not be read: {error:#}");
+            None
+        }
+    };
     readiness.mark(&mut phases);
     let landed = read_landed(&stack).await?;
     let ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -323,7 +334,9 @@ fn log_ends(bootstrap: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
                         break;
                     }
                     Err(error) if std::time::Instant::now() > deadline => {
-                        return Err(error).context("reading the raw topic's ends")
+                        return Err(error).with_context(|| {
+                            format!("ListOffsets of {RAW_TOPIC} partition {partition}")
+                        })
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),
                 }
@@ -472,7 +485,7 @@ fn report(
     let yes_no = |seen: bool| if seen { "yes" } else { "no" };
     println!();
     println!(
-        "| phase | events acknowledged | requests refused | lost | duplicated | misfiled | slowest refusal s | s to first 202 after recovery | s until backlog committed | ingest /readyz false | processor /readyz false |"
+        "| phase | events acknowledged | requests refused | lost | duplicated | misfiled | slowest reply s | s to first 202 after recovery | s until backlog committed | ingest /readyz false | processor /readyz false |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
     for (phase, counts) in phases.iter().zip(&verdict.phases) {
@@ -484,7 +497,7 @@ fn report(
             counts.lost,
             counts.duplicated,
             counts.misfiled,
-            counts.slowest_refusal.as_secs_f64(),
+            counts.slowest_reply.as_secs_f64(),
             seconds(phase.first_accept_seconds),
             seconds(phase.backlog_seconds),
             yes_no(phase.ingest_unready_seen),

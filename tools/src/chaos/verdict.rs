@@ -54,7 +54,8 @@ pub struct PhaseCounts {
     pub duplicated: u64,
     /// Acknowledged, and only in the other kind's table.
     pub misfiled: u64,
-    pub slowest_refusal: Duration,
+    /// The longest any request took, whatever its answer.
+    pub slowest_reply: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -98,9 +99,11 @@ pub fn judge(ledger: &Ledger, phases: &[Phase], landed: &Landed) -> Verdict {
         ..Verdict::default()
     };
     for refusal in &ledger.refusals {
-        let counts = &mut verdict.phases[phase_of(phases, refusal.at)];
-        counts.refused += 1;
-        counts.slowest_refusal = counts.slowest_refusal.max(refusal.took);
+        verdict.phases[phase_of(phases, refusal.at)].refused += 1;
+    }
+    for &(at, took) in &ledger.attempts {
+        let counts = &mut verdict.phases[phase_of(phases, at)];
+        counts.slowest_reply = counts.slowest_reply.max(took);
     }
     let mut sent: HashSet<Uuid> = HashSet::new();
     let mut session_events: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
@@ -223,8 +226,12 @@ mod tests {
             refusals: vec![Refusal {
                 what: "503".into(),
                 at: later + Duration::from_secs(1),
-                took: Duration::from_millis(40),
             }],
+            attempts: vec![
+                (start, Duration::from_millis(3)),
+                (later + Duration::from_secs(1), Duration::from_millis(40)),
+                (later + Duration::from_secs(2), Duration::from_millis(7)),
+            ],
             ..Ledger::default()
         };
         let copies = |events, event_errors| Copies {
@@ -248,6 +255,7 @@ mod tests {
             verdict.phases[0],
             PhaseCounts {
                 acknowledged: 1,
+                slowest_reply: Duration::from_millis(3),
                 ..PhaseCounts::default()
             }
         );
@@ -259,7 +267,7 @@ mod tests {
                 lost: 1,
                 duplicated: 1,
                 misfiled: 1,
-                slowest_refusal: Duration::from_millis(40),
+                slowest_reply: Duration::from_millis(40),
             }
         );
         assert_eq!(verdict.unexpected, 1, "99 was never sent");
