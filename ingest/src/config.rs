@@ -52,6 +52,10 @@ pub struct ProducerSettings {
     pub compression: String,
     /// Events waiting for acknowledgement at most; a request that would exceed it gets 503.
     pub queue_max_events: u64,
+    /// Largest Kafka message (value, key and headers) the bridge produces: librdkafka's and
+    /// Kafka's default `message.max.bytes`. A request holding a larger event gets 413 and nothing
+    /// of it is produced.
+    pub max_event_bytes: usize,
 }
 
 impl Default for ProducerSettings {
@@ -63,6 +67,7 @@ impl Default for ProducerSettings {
             batch_size_bytes: 1_000_000,
             compression: "lz4".into(),
             queue_max_events: 100_000,
+            max_event_bytes: 1_000_000,
         }
     }
 }

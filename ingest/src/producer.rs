@@ -29,7 +29,25 @@ pub enum ProduceError {
     QueueFull,
     #[error("the broker did not acknowledge an event: {0}")]
     NotAcknowledged(KafkaError),
+    /// Permanent: the same event is refused on every retry.
+    #[error("an event is too large for the broker ({0})")]
+    MessageTooLarge(KafkaError),
 }
+
+/// An event that would make a Kafka message over the size limit: refused before anything of the
+/// request is produced, since no retry can succeed.
+#[derive(Debug, thiserror::Error)]
+#[error("event {index} is {bytes} bytes as a Kafka message (value, key and headers), over the {limit}-byte limit")]
+pub struct EventTooLarge {
+    pub index: usize,
+    pub bytes: usize,
+    pub limit: usize,
+}
+
+/// What a record's headers add to it on the wire beyond their keys and values (length prefixes).
+const HEADER_OVERHEAD_BYTES: usize = 10;
+/// A record's own framing (lengths, attributes, offset and timestamp deltas), at most.
+const RECORD_OVERHEAD_BYTES: usize = 32;
 
 /// One event ready to produce: the client's bytes, its routing key and the bridge's stamp.
 pub struct OutgoingEvent<'a> {
@@ -92,6 +110,7 @@ pub struct EventProducer {
     producer: FutureProducer<BrokerWatch>,
     topic: String,
     queue_max_events: usize,
+    max_event_bytes: usize,
     broker_up: Arc<AtomicBool>,
 }
 
@@ -106,8 +125,30 @@ impl EventProducer {
             producer,
             topic: settings.topic.clone(),
             queue_max_events: settings.queue_max_events as usize,
+            max_event_bytes: settings.max_event_bytes,
             broker_up,
         })
+    }
+
+    /// Refuses the first event whose Kafka message would exceed `producer.max_event_bytes`.
+    pub fn check_sizes(&self, events: &[OutgoingEvent<'_>]) -> Result<(), EventTooLarge> {
+        for (index, event) in events.iter().enumerate() {
+            let headers: usize = event
+                .stamp
+                .header_values()
+                .iter()
+                .map(|(key, value)| key.len() + value.len() + HEADER_OVERHEAD_BYTES)
+                .sum();
+            let bytes = event.payload.len() + event.key.len() + headers + RECORD_OVERHEAD_BYTES;
+            if bytes > self.max_event_bytes {
+                return Err(EventTooLarge {
+                    index,
+                    bytes,
+                    limit: self.max_event_bytes,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether a broker connection is up, as of the last statistics (at most a second old).
@@ -167,6 +208,7 @@ impl EventProducer {
         if let Some(error) = refused {
             return Err(match error.rdkafka_error_code() {
                 Some(RDKafkaErrorCode::QueueFull) => ProduceError::QueueFull,
+                Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::MessageTooLarge(error),
                 _ => ProduceError::NotAcknowledged(error),
             });
         }
@@ -182,6 +224,12 @@ impl EventProducer {
         counter!("eye_ingest_events_produced_total").increment(acknowledged);
         match failure {
             None => Ok(()),
+            // A broker whose limit is below ours.
+            Some(error)
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
+            {
+                Err(ProduceError::MessageTooLarge(error))
+            }
             Some(error) => Err(ProduceError::NotAcknowledged(error)),
         }
     }

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::auth::Applications;
 use crate::body::{gunzip, split_events, BodyError, BodyFormat};
 use crate::config::{IngestConfig, Limits};
-use crate::producer::{EventProducer, OutgoingEvent, ProduceError};
+use crate::producer::{EventProducer, EventTooLarge, OutgoingEvent, ProduceError};
 
 pub struct AppState {
     pub applications: Applications,
@@ -77,6 +77,8 @@ pub enum ApiError {
     UnsupportedEncoding(String),
     #[error(transparent)]
     Body(#[from] BodyError),
+    #[error(transparent)]
+    EventTooLarge(#[from] EventTooLarge),
     #[error("events not accepted, retry later: {0}")]
     Unavailable(#[from] ProduceError),
 }
@@ -86,6 +88,8 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge(_)
+            | ApiError::EventTooLarge(_)
+            | ApiError::Unavailable(ProduceError::MessageTooLarge(_))
             | ApiError::Body(
                 BodyError::DecompressedTooLarge { .. } | BodyError::TooManyEvents { .. },
             ) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,6 +112,8 @@ impl ApiError {
             ApiError::Body(BodyError::DecompressedTooLarge { .. }) => "decompressed_too_large",
             ApiError::Body(BodyError::TooManyEvents { .. }) => "too_many_events",
             ApiError::Body(_) => "malformed_body",
+            ApiError::EventTooLarge(_)
+            | ApiError::Unavailable(ProduceError::MessageTooLarge(_)) => "event_too_large",
             ApiError::Unavailable(ProduceError::QueueFull) => "queue_full",
             ApiError::Unavailable(ProduceError::Fatal(_)) => "producer_failed",
             ApiError::Unavailable(_) => "broker_unavailable",
@@ -217,6 +223,7 @@ async fn accept_events(
             stamp,
         })
         .collect();
+    state.producer.check_sizes(&outgoing)?;
     state.producer.produce_all(&outgoing).await?;
     Ok(Accepted {
         event_ids: stamps.into_iter().map(|stamp| stamp.event_id).collect(),

@@ -437,6 +437,43 @@ async fn malformed_bodies_get_400_naming_the_problem_and_produce_nothing() {
     bridge.shutdown().await;
 }
 
+/// Regression: an event under the body limit but over the broker's message size got 503 with
+/// `Retry-After`, so a well-behaved client retried it forever.
+#[tokio::test]
+async fn an_event_over_the_brokers_message_size_gets_413_and_nothing_of_its_request_is_produced() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |_| {}).await;
+    let mut huge: serde_json::Value = serde_json::from_str(&reference_event("pageview")).unwrap();
+    huge["data"]["path"] = format!("/{}", "a".repeat(1_010_000)).into();
+    let small: serde_json::Value = serde_json::from_str(&reference_event("pageview")).unwrap();
+    let body = serde_json::to_string(&vec![small.clone(), huge]).unwrap();
+    assert!(body.len() < 1024 * 1024, "under the body limit");
+
+    let response = bridge.post_json(body).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(response.headers().get("retry-after").is_none());
+    let reply: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(reply["error"], "event_too_large");
+    assert!(
+        reply["message"].as_str().unwrap().contains("event 1 is"),
+        "{reply}"
+    );
+
+    let accepted = bridge.post_json(small.to_string()).await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let accepted: Accepted = accepted.json().await.unwrap();
+    let on_topic: Vec<String> = bridge
+        .messages(1)
+        .iter()
+        .map(|message| header(message, EVENT_ID_HEADER).to_string())
+        .collect();
+    assert_eq!(
+        on_topic,
+        vec![accepted.event_ids[0].to_string()],
+        "the topic's first message is the second request's event"
+    );
+    bridge.shutdown().await;
+}
+
 #[tokio::test]
 async fn oversize_bodies_gzip_bombs_and_huge_batches_get_413() {
     let bridge = Bridge::start(&services().broker.bootstrap(), |config| {
@@ -487,7 +524,7 @@ async fn oversize_bodies_gzip_bombs_and_huge_batches_get_413() {
 }
 
 #[tokio::test]
-async fn broker_down_gives_503_with_retry_after_then_202_once_it_is_back() {
+async fn broker_down_gives_503_with_retry_after_and_not_ready_then_202_and_ready_once_it_is_back() {
     let mut broker = OwnedBroker::start();
     let bridge = Bridge::start(&broker.bootstrap(), |config| {
         config.producer.message_timeout_ms = 3_000;
@@ -530,6 +567,13 @@ async fn broker_down_gives_503_with_retry_after_then_202_once_it_is_back() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(accepted, "202 again once the broker is back");
+    let readiness = bridge
+        .http
+        .get(format!("{}/readyz", bridge.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readiness.status(), StatusCode::OK, "ready again");
     bridge.shutdown().await;
 }
 

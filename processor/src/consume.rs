@@ -102,6 +102,9 @@ impl ClientContext for PipelineContext {
             if partition < 0 {
                 continue;
             }
+            if progress.assigned.contains(&partition) && state.fetch_state != "active" {
+                report.not_fetching += 1;
+            }
             if progress.assigned.contains(&partition) && state.hi_offset >= 0 {
                 let from = if state.committed_offset >= 0 {
                     report.committed.insert(partition, state.committed_offset);

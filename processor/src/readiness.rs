@@ -17,6 +17,11 @@ pub enum NotReady {
     BrokerDown,
     #[error("committed offsets have not moved for {stalled_seconds} s while {lag} messages wait")]
     Stalled { lag: i64, stalled_seconds: u64 },
+    #[error("{partitions} assigned partitions have not started fetching for {stalled_seconds} s (the broker answers no offsets)")]
+    NotFetching {
+        partitions: usize,
+        stalled_seconds: u64,
+    },
 }
 
 /// What the consumer's statistics said of the assigned partitions.
@@ -27,6 +32,9 @@ pub struct ConsumerReport {
     pub committed: BTreeMap<i32, i64>,
     /// Messages on the assigned partitions after their committed offsets.
     pub lag: i64,
+    /// Assigned partitions the consumer is not fetching from (no start offset from the broker,
+    /// so their lag is unknown).
+    pub not_fetching: usize,
 }
 
 #[derive(Debug)]
@@ -87,7 +95,7 @@ impl Readiness {
                 .get(partition)
                 .is_none_or(|before| offset > before)
         });
-        if moved || report.lag <= 0 {
+        if moved || (report.lag <= 0 && report.not_fetching == 0) {
             observed.last_progress = now;
         }
         observed.report = report;
@@ -102,6 +110,12 @@ impl Readiness {
             return Err(NotReady::BrokerDown);
         }
         let still = now.saturating_duration_since(observed.last_progress);
+        if observed.report.not_fetching > 0 && still >= self.stalled_after {
+            return Err(NotReady::NotFetching {
+                partitions: observed.report.not_fetching,
+                stalled_seconds: still.as_secs(),
+            });
+        }
         let waiting = observed.report.lag.max(observed.writing as i64);
         if waiting > 0 && still >= self.stalled_after {
             return Err(NotReady::Stalled {
@@ -124,6 +138,7 @@ mod tests {
             broker_up: true,
             committed: committed.iter().copied().collect(),
             lag,
+            not_fetching: 0,
         }
     }
 
@@ -164,6 +179,30 @@ mod tests {
             readiness.check(start + STALL + Duration::from_secs(1)),
             Err(NotReady::Stalled { lag: 100, .. })
         ));
+    }
+
+    #[test]
+    fn partitions_that_never_start_fetching_are_not_ready_after_the_limit() {
+        // tansu 0.6 on PostgreSQL 15 failed every ListOffsets: the consumer never had a position,
+        // its lag was unknown, and the processor had looked ready while writing nothing.
+        let start = Instant::now();
+        let readiness = Readiness::new(STALL, start);
+        let stuck = ConsumerReport {
+            not_fetching: 4,
+            ..report(&[], 0)
+        };
+        readiness.observe(stuck.clone(), start);
+        assert_eq!(readiness.check(start + STALL / 2), Ok(()));
+        readiness.observe(stuck, start + STALL);
+        assert_eq!(
+            readiness.check(start + STALL),
+            Err(NotReady::NotFetching {
+                partitions: 4,
+                stalled_seconds: 60
+            })
+        );
+        readiness.observe(report(&[(0, 1)], 0), start + STALL * 2);
+        assert_eq!(readiness.check(start + STALL * 2), Ok(()));
     }
 
     #[test]
