@@ -214,24 +214,7 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         Cmd::Chaos { chaos_args } => {
             install::ensure_clickhouse()?;
             install::ensure_broker()?;
-            cargo(&[
-                "build",
-                "--release",
-                "--bin",
-                "eye",
-                "--bin",
-                "eye-ingest",
-                "--bin",
-                "eye-processor",
-            ])?;
-            let bin = workspace_root().join("target/release");
-            let status = Command::new(bin.join("eye"))
-                .current_dir(workspace_root())
-                .arg("chaos")
-                .arg("--ingest-bin")
-                .arg(bin.join("eye-ingest"))
-                .arg("--processor-bin")
-                .arg(bin.join("eye-processor"))
+            let status = chaos_command(true)?
                 .args(&chaos_args)
                 .status()
                 .context("running eye chaos")?;
@@ -420,25 +403,9 @@ fn test(state: &Path, cargo_test_args: &[String], chaos: bool) -> Result<ExitCod
     let (mut passed, mut failed) = (0u64, 0u64);
     let mut success = run_counting(&mut tests, "test result: ", &mut passed, &mut failed)?;
     if chaos {
-        // The debug binaries `cargo test` built.
-        cargo(&[
-            "build",
-            "--bin",
-            "eye",
-            "--bin",
-            "eye-ingest",
-            "--bin",
-            "eye-processor",
-        ])?;
-        let bin = workspace_root().join("target/debug");
-        let mut matrix = Command::new(bin.join("eye"));
-        matrix
-            .current_dir(workspace_root())
-            .args(["chaos", "--short"])
-            .arg("--ingest-bin")
-            .arg(bin.join("eye-ingest"))
-            .arg("--processor-bin")
-            .arg(bin.join("eye-processor"));
+        // On the debug binaries `cargo test` built.
+        let mut matrix = chaos_command(false)?;
+        matrix.arg("--short");
         success &= run_counting(&mut matrix, "chaos: ", &mut passed, &mut failed)?;
     }
     println!("summary: {passed} passed, {failed} failed");
@@ -447,6 +414,36 @@ fn test(state: &Path, cargo_test_args: &[String], chaos: bool) -> Result<ExitCod
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Builds `eye`, `eye-ingest` and `eye-processor` (release or debug) and returns `eye chaos` on
+/// them.
+fn chaos_command(release: bool) -> Result<Command> {
+    let mut build = vec![
+        "build",
+        "--bin",
+        "eye",
+        "--bin",
+        "eye-ingest",
+        "--bin",
+        "eye-processor",
+    ];
+    if release {
+        build.push("--release");
+    }
+    cargo(&build)?;
+    let bin = workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" });
+    let mut command = Command::new(bin.join("eye"));
+    command
+        .current_dir(workspace_root())
+        .arg("chaos")
+        .arg("--ingest-bin")
+        .arg(bin.join("eye-ingest"))
+        .arg("--processor-bin")
+        .arg(bin.join("eye-processor"));
+    Ok(command)
 }
 
 /// Runs `command`, passing its output through and adding up the counts of its lines that start
