@@ -1,12 +1,15 @@
 //! Kafka set-up shared by the services, the tools and the tests.
 
+use std::borrow::Cow;
+use std::ffi::CStr;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Message};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -41,4 +44,93 @@ pub async fn create_topics(
         }
     }
     Ok(())
+}
+
+/// Whether the broker or the client refuses a message for what it is (too large, invalid), so no
+/// retry of the same message can succeed. Anything else (no broker, a time-out) may pass later.
+pub fn refused_for_good(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
+
+/// Every header of a consumed message, in order, names read lossily. rdkafka's own accessor
+/// (`Headers::iter`) panics on a name that is not UTF-8, and any producer can send one: one such
+/// message would crash the processor on every restart.
+#[allow(unsafe_code)]
+pub fn headers_of<'m>(message: &'m BorrowedMessage<'_>) -> Vec<(Cow<'m, str>, Option<&'m [u8]>)> {
+    let Some(headers) = message.headers() else {
+        return Vec::new();
+    };
+    let native = std::ptr::from_ref(headers).cast::<rdkafka::bindings::rd_kafka_headers_t>();
+    (0..headers.count())
+        .filter_map(|index| {
+            let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+            // SAFETY: `native` is the message's header list (rdkafka's `BorrowedHeaders` is that
+            // pointer); librdkafka points `name` at a NUL-terminated string and `value` at `size`
+            // bytes, both owned by the message, which outlives the returned borrows.
+            unsafe {
+                let error = rdkafka::bindings::rd_kafka_header_get_all(
+                    native, index, &mut name, &mut value, &mut size,
+                );
+                if error != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    return None;
+                }
+                let name = CStr::from_ptr(name).to_string_lossy();
+                let value = (!value.is_null())
+                    .then(|| std::slice::from_raw_parts(value.cast::<u8>(), size));
+                Some((name, value))
+            }
+        })
+        .collect()
+}
+
+/// What a header adds to a record on the wire beyond its key and value (length prefixes).
+const HEADER_OVERHEAD_BYTES: usize = 10;
+/// A record's own framing (lengths, attributes, offset and timestamp deltas), at most.
+const RECORD_OVERHEAD_BYTES: usize = 32;
+
+/// The size of a record as the broker's `message.max.bytes` counts it, at most.
+pub fn record_bytes<'a>(
+    key: &[u8],
+    value: &[u8],
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> usize {
+    let headers: usize = headers
+        .into_iter()
+        .map(|(key, value)| header_bytes(key, value))
+        .sum();
+    RECORD_OVERHEAD_BYTES + key.len() + value.len() + headers
+}
+
+/// What one header adds to a record.
+pub fn header_bytes(key: &str, value: &[u8]) -> usize {
+    HEADER_OVERHEAD_BYTES + key.len() + value.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_of_the_message_itself_are_for_good() {
+        let refused = |code| KafkaError::MessageProduction(code);
+        assert!(refused_for_good(&refused(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        )));
+        assert!(refused_for_good(&refused(RDKafkaErrorCode::InvalidRecord)));
+        assert!(!refused_for_good(&refused(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
+        assert!(!refused_for_good(&refused(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+        assert!(!refused_for_good(&KafkaError::Canceled));
+    }
 }

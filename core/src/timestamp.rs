@@ -24,10 +24,15 @@ pub fn parse_event_time(text: &str) -> Option<DateTime<Utc>> {
                 .map(|naive| naive.and_utc())
         })?;
     let micros = parsed.timestamp_micros();
-    (0..=i64::from(u32::MAX) * 1_000_000)
-        .contains(&micros)
+    in_datetime_range(parsed)
         .then(|| DateTime::from_timestamp_micros(micros))
         .flatten()
+}
+
+/// Whether ClickHouse's `DateTime` (UInt32 seconds) holds the time: from 1970-01-01 00:00:00
+/// to 2106-02-07 06:28:15.999999 UTC. Every time stored passes this first, so none wraps.
+pub fn in_datetime_range(at: DateTime<Utc>) -> bool {
+    (0..=i64::from(u32::MAX)).contains(&at.timestamp())
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.f…]`, parsed by hand: nearly every event uses it, and chrono's
@@ -56,10 +61,16 @@ fn parse_reference(text: &str) -> Option<NaiveDateTime> {
     date.and_hms_nano_opt(number(11..13)?, number(14..16)?, number(17..19)?, nanos)
 }
 
-/// Whole seconds and the microseconds within them, as the ClickHouse tables store time.
+/// Whole seconds and the microseconds within them, as the ClickHouse tables store time; for a
+/// time [`in_datetime_range`] (others saturate at the ends of the range, never wrap).
 pub fn split_seconds(at: DateTime<Utc>) -> (u32, u32) {
-    let micros = at.timestamp_micros();
-    ((micros / 1_000_000) as u32, (micros % 1_000_000) as u32)
+    let seconds = at.timestamp().clamp(0, i64::from(u32::MAX)) as u32;
+    let micros = if in_datetime_range(at) {
+        at.timestamp_subsec_micros()
+    } else {
+        0
+    };
+    (seconds, micros)
 }
 
 #[cfg(test)]
@@ -116,6 +127,24 @@ mod tests {
             parse_event_time("2021-01-01 09:15:27.000001"),
             Some(utc("2021-01-01T09:15:27.000001Z"))
         );
+    }
+
+    #[test]
+    fn the_edges_of_clickhouse_datetime_are_in_range_and_beyond_them_not() {
+        let at = |micros: i64| DateTime::from_timestamp_micros(micros).unwrap();
+        let last = i64::from(u32::MAX) * 1_000_000 + 999_999;
+        assert!(in_datetime_range(at(0)));
+        assert!(in_datetime_range(at(last)));
+        assert!(!in_datetime_range(at(last + 1)));
+        assert!(!in_datetime_range(at(-1)));
+        assert_eq!(split_seconds(at(last)), (u32::MAX, 999_999));
+        assert_eq!(split_seconds(at(-1)), (0, 0), "saturates, never wraps");
+        assert_eq!(split_seconds(at(last + 1)), (u32::MAX, 0));
+        assert_eq!(
+            parse_event_time("2106-02-07T06:28:15.5Z"),
+            Some(at(i64::from(u32::MAX) * 1_000_000 + 500_000))
+        );
+        assert_eq!(parse_event_time("2106-02-07T06:28:16Z"), None);
     }
 
     #[test]

@@ -70,10 +70,12 @@ mod tests {
             Application {
                 id: "shop".into(),
                 key_sha256: key_sha256("shop-key"),
+                ..Application::default()
             },
             Application {
                 id: "blog".into(),
                 key_sha256: key_sha256("blog-key"),
+                ..Application::default()
             },
         ])
         .unwrap()
@@ -115,6 +117,7 @@ mod tests {
         let bad = [Application {
             id: "x".into(),
             key_sha256: "abc".into(),
+            ..Application::default()
         }];
         assert!(matches!(
             Applications::new(&bad),

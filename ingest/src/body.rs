@@ -4,6 +4,9 @@
 use std::io::Read;
 
 use flate2::read::GzDecoder;
+use std::cell::Cell;
+
+use serde::de::{DeserializeSeed, Deserializer, Error as _, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -35,8 +38,8 @@ pub enum BodyError {
     InvalidEvent { index: usize, problem: String },
     #[error("body holds no events")]
     Empty,
-    #[error("body holds {count} events; at most {limit} are accepted per request")]
-    TooManyEvents { count: usize, limit: usize },
+    #[error("body holds more than {limit} events; at most {limit} are accepted per request")]
+    TooManyEvents { limit: usize },
     #[error("body is larger than {limit} bytes after decompression")]
     DecompressedTooLarge { limit: usize },
     #[error("body is not valid gzip: {0}")]
@@ -71,18 +74,13 @@ pub fn split_events<'a>(
     format: BodyFormat,
     limits: &Limits,
 ) -> Result<Vec<IncomingEvent<'a>>, BodyError> {
+    let limit = limits.max_batch_events;
     let objects = match format {
-        BodyFormat::Json => json_objects(body)?,
-        BodyFormat::Ndjson => ndjson_objects(body)?,
+        BodyFormat::Json => json_objects(body, limit)?,
+        BodyFormat::Ndjson => ndjson_objects(body, limit)?,
     };
     if objects.is_empty() {
         return Err(BodyError::Empty);
-    }
-    if objects.len() > limits.max_batch_events {
-        return Err(BodyError::TooManyEvents {
-            count: objects.len(),
-            limit: limits.max_batch_events,
-        });
     }
     objects
         .into_iter()
@@ -91,15 +89,20 @@ pub fn split_events<'a>(
         .collect()
 }
 
-fn json_objects(body: &[u8]) -> Result<Vec<&[u8]>, BodyError> {
+fn json_objects(body: &[u8], limit: usize) -> Result<Vec<&[u8]>, BodyError> {
     let value: &RawValue =
         serde_json::from_slice(body).map_err(|err| BodyError::NotJson(err.to_string()))?;
     let text = value.get();
     match json_kind(text) {
         "object" => Ok(vec![raw_bytes(body, text)]),
         "array" => {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(text).map_err(|err| BodyError::NotJson(err.to_string()))?;
+            let over = Cell::new(false);
+            let items = BoundedItems { limit, over: &over }
+                .deserialize(&mut serde_json::Deserializer::from_str(text))
+                .map_err(|err| match over.get() {
+                    true => BodyError::TooManyEvents { limit },
+                    false => BodyError::NotJson(err.to_string()),
+                })?;
             items
                 .into_iter()
                 .enumerate()
@@ -113,12 +116,50 @@ fn json_objects(body: &[u8]) -> Result<Vec<&[u8]>, BodyError> {
     }
 }
 
-fn ndjson_objects(body: &[u8]) -> Result<Vec<&[u8]>, BodyError> {
+/// A JSON array's items, read up to `limit + 1`: a body of a million tiny objects costs no more
+/// than one just over the limit.
+struct BoundedItems<'o> {
+    limit: usize,
+    over: &'o Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedItems<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedItems<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.limit {
+                self.over.set(true);
+                return Err(A::Error::custom("too many events"));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+fn ndjson_objects(body: &[u8], limit: usize) -> Result<Vec<&[u8]>, BodyError> {
     let mut objects = Vec::new();
     for (number, line) in body.split(|&byte| byte == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
+        }
+        if objects.len() == limit {
+            return Err(BodyError::TooManyEvents { limit });
         }
         let problem = |problem: String| BodyError::NdjsonLine {
             line: number + 1,
@@ -261,7 +302,27 @@ mod tests {
             ..Limits::default()
         };
         let err = split_events(b"[{},{},{}]", BodyFormat::Json, &limits).unwrap_err();
-        assert_eq!(err, BodyError::TooManyEvents { count: 3, limit: 2 });
+        assert_eq!(err, BodyError::TooManyEvents { limit: 2 });
+        let err = split_events(b"{}\n{}\n{}\n", BodyFormat::Ndjson, &limits).unwrap_err();
+        assert_eq!(err, BodyError::TooManyEvents { limit: 2 });
+    }
+
+    #[test]
+    fn splitting_stops_at_one_event_over_the_limit() {
+        let limits = Limits {
+            max_batch_events: 2,
+            ..Limits::default()
+        };
+        // The third item is no event at all: reading had stopped before it could be judged.
+        let err = split_events(b"[{},{},{},7]", BodyFormat::Json, &limits).unwrap_err();
+        assert_eq!(err, BodyError::TooManyEvents { limit: 2 });
+        let err = split_events(b"{}\n{}\n{}\nnot json\n", BodyFormat::Ndjson, &limits).unwrap_err();
+        assert_eq!(err, BodyError::TooManyEvents { limit: 2 });
+        let err = split_events(b"{}\nnot json\n{}\n", BodyFormat::Ndjson, &limits).unwrap_err();
+        assert!(
+            matches!(err, BodyError::NdjsonLine { line: 2, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

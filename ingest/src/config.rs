@@ -81,6 +81,10 @@ pub struct Limits {
     pub max_decompressed_bytes: usize,
     /// Most events in one request.
     pub max_batch_events: usize,
+    /// Requests served at once; one more gets 503 `overloaded` at once instead of waiting.
+    pub max_concurrent_requests: usize,
+    /// A request whose body has not fully arrived this long after its headers gets 408.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -89,13 +93,26 @@ impl Default for Limits {
             max_body_bytes: 1024 * 1024,
             max_decompressed_bytes: 10 * 1024 * 1024,
             max_batch_events: 1000,
+            max_concurrent_requests: 1024,
+            body_read_timeout_ms: 10_000,
         }
     }
 }
 
 /// A trusted application: its id, stamped on its events, and the hex SHA-256 of its API key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Application {
     pub id: String,
     pub key_sha256: String,
+    /// Events per second the application may send, as a token bucket; unlimited when absent.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `events_per_second` refill, `burst_events` capacity (at least
+/// `limits.max_batch_events`, so every allowed batch can pass). Over it: 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub events_per_second: u32,
+    pub burst_events: u32,
 }

@@ -1,13 +1,15 @@
 //! The ingest bridge: trusted applications POST events over HTTP; each event goes, byte for
 //! byte, to the raw Kafka topic, and the reply comes once the broker has acknowledged them all.
 //!
-//! Follow an event: [`routes`] (authenticate with [`auth`], split the body with [`body`]) →
+//! Follow an event: [`routes`] (authenticate with [`auth`], split the body with [`body`], admit
+//! it under the application's [`rate_limit`]) →
 //! [`producer`] → raw topic.
 
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod producer;
+pub mod rate_limit;
 pub mod routes;
 
 use std::future::Future;
@@ -20,12 +22,15 @@ use tracing::info;
 use crate::auth::{Applications, ApplicationsError};
 use crate::config::IngestConfig;
 use crate::producer::EventProducer;
+use crate::rate_limit::{RateLimitError, RateLimits};
 use crate::routes::{router, AppState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Applications(#[from] ApplicationsError),
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
     #[error("creating the Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("serving HTTP: {0}")]
@@ -45,9 +50,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let applications = Applications::new(&config.applications)?;
+    let rate_limits = RateLimits::new(&config.applications, config.limits.max_batch_events)?;
     let producer = Arc::new(EventProducer::new(&config.kafka, &config.producer)?);
     let state = Arc::new(AppState {
         applications,
+        rate_limits,
         producer: producer.clone(),
         limits: config.limits.clone(),
         retry_after_seconds: config.retry_after_seconds,

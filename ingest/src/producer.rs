@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use eye_core::kafka::{record_bytes, refused_for_good};
 use eye_core::raw::Stamp;
 use eye_core::settings::KafkaSettings;
 use futures::future::join_all;
@@ -43,11 +44,6 @@ pub struct EventTooLarge {
     pub bytes: usize,
     pub limit: usize,
 }
-
-/// What a record's headers add to it on the wire beyond their keys and values (length prefixes).
-const HEADER_OVERHEAD_BYTES: usize = 10;
-/// A record's own framing (lengths, attributes, offset and timestamp deltas), at most.
-const RECORD_OVERHEAD_BYTES: usize = 32;
 
 /// One event ready to produce: the client's bytes, its routing key and the bridge's stamp.
 pub struct OutgoingEvent<'a> {
@@ -133,13 +129,12 @@ impl EventProducer {
     /// Refuses the first event whose Kafka message would exceed `producer.max_event_bytes`.
     pub fn check_sizes(&self, events: &[OutgoingEvent<'_>]) -> Result<(), EventTooLarge> {
         for (index, event) in events.iter().enumerate() {
-            let headers: usize = event
-                .stamp
-                .header_values()
-                .iter()
-                .map(|(key, value)| key.len() + value.len() + HEADER_OVERHEAD_BYTES)
-                .sum();
-            let bytes = event.payload.len() + event.key.len() + headers + RECORD_OVERHEAD_BYTES;
+            let headers = event.stamp.header_values();
+            let bytes = record_bytes(
+                event.key,
+                event.payload,
+                headers.iter().map(|(key, value)| (*key, value.as_bytes())),
+            );
             if bytes > self.max_event_bytes {
                 return Err(EventTooLarge {
                     index,
@@ -208,7 +203,7 @@ impl EventProducer {
         if let Some(error) = refused {
             return Err(match error.rdkafka_error_code() {
                 Some(RDKafkaErrorCode::QueueFull) => ProduceError::QueueFull,
-                Some(RDKafkaErrorCode::MessageSizeTooLarge) => ProduceError::MessageTooLarge(error),
+                _ if refused_for_good(&error) => ProduceError::MessageTooLarge(error),
                 _ => ProduceError::NotAcknowledged(error),
             });
         }
@@ -225,11 +220,7 @@ impl EventProducer {
         match failure {
             None => Ok(()),
             // A broker whose limit is below ours.
-            Some(error)
-                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
-            {
-                Err(ProduceError::MessageTooLarge(error))
-            }
+            Some(error) if refused_for_good(&error) => Err(ProduceError::MessageTooLarge(error)),
             Some(error) => Err(ProduceError::NotAcknowledged(error)),
         }
     }

@@ -3,17 +3,23 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{BoxError, Extension, Json, Router};
 use bytes::Bytes;
 use eye_core::raw::{now_micros, Stamp};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics::counter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
@@ -22,19 +28,35 @@ use crate::auth::Applications;
 use crate::body::{gunzip, split_events, BodyError, BodyFormat};
 use crate::config::{IngestConfig, Limits};
 use crate::producer::{EventProducer, EventTooLarge, OutgoingEvent, ProduceError};
+use crate::rate_limit::{RateLimited, RateLimits};
 
 pub struct AppState {
     pub applications: Applications,
+    pub rate_limits: RateLimits,
     pub producer: Arc<EventProducer>,
     pub limits: Limits,
     pub retry_after_seconds: u32,
     pub metrics: PrometheusHandle,
 }
 
+/// `/v1/events` bounds its work before anything else: past `max_concurrent_requests` a request
+/// gets 503 at once (load shedding, not a queue); the API key is checked from the headers before
+/// the body is read; the body must arrive within `body_read_timeout_ms`. Health, readiness and
+/// metrics stay outside the limit, so they answer during a flood.
 pub fn router(state: Arc<AppState>, config: &IngestConfig) -> Router {
+    let retry_after_seconds = state.retry_after_seconds;
     let mut events = Router::new()
         .route("/v1/events", post(post_events))
-        .layer(DefaultBodyLimit::max(config.limits.max_body_bytes));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(move |_: BoxError| async move {
+                    counter!("eye_ingest_rejects_total", "reason" => "overloaded").increment(1);
+                    error_response(ApiError::Overloaded, retry_after_seconds)
+                }))
+                .load_shed()
+                .concurrency_limit(config.limits.max_concurrent_requests),
+        );
     if !config.cors_allowed_origins.is_empty() {
         let origins = config
             .cors_allowed_origins
@@ -81,6 +103,12 @@ pub enum ApiError {
     EventTooLarge(#[from] EventTooLarge),
     #[error("events not accepted, retry later: {0}")]
     Unavailable(#[from] ProduceError),
+    #[error("the body did not arrive within {0} ms")]
+    BodyTimeout(u64),
+    #[error("the bridge is serving as many requests as it may; retry later")]
+    Overloaded,
+    #[error("{0}; retry later")]
+    RateLimited(#[from] RateLimited),
 }
 
 impl ApiError {
@@ -97,7 +125,9 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             ApiError::BodyUnreadable(_) | ApiError::Body(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -117,6 +147,68 @@ impl ApiError {
             ApiError::Unavailable(ProduceError::QueueFull) => "queue_full",
             ApiError::Unavailable(ProduceError::Fatal(_)) => "producer_failed",
             ApiError::Unavailable(_) => "broker_unavailable",
+            ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::Overloaded => "overloaded",
+            ApiError::RateLimited(_) => "rate_limited",
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the replies that ask for a retry.
+    fn retry_after_seconds(&self, default: u32) -> Option<u64> {
+        match self {
+            ApiError::RateLimited(limited) => {
+                Some(limited.retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            ApiError::Unavailable(ProduceError::MessageTooLarge(_)) => None,
+            ApiError::Unavailable(_) | ApiError::Overloaded => Some(u64::from(default)),
+            _ => None,
+        }
+    }
+}
+
+/// The one place an [`ApiError`] becomes a reply: its status, a JSON body with the stable reason,
+/// and `Retry-After` where a retry can succeed.
+fn error_response(error: ApiError, default_retry_after_seconds: u32) -> Response {
+    let status = error.status();
+    let retry_after = error.retry_after_seconds(default_retry_after_seconds);
+    let body = Json(ErrorBody {
+        error: error.reason(),
+        message: error.to_string(),
+    });
+    match retry_after {
+        Some(seconds) => {
+            (status, [(header::RETRY_AFTER, seconds.to_string())], body).into_response()
+        }
+        None => (status, body).into_response(),
+    }
+}
+
+/// The application a request is from, found before its body is read.
+#[derive(Clone)]
+struct Authenticated(String);
+
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let query_key = Query::<KeyQuery>::try_from_uri(request.uri())
+        .ok()
+        .and_then(|query| query.0.api_key);
+    match state
+        .applications
+        .authenticate(request.headers(), query_key.as_deref())
+    {
+        Some(application) => {
+            let application = Authenticated(application.to_string());
+            request.extensions_mut().insert(application);
+            next.run(request).await
+        }
+        None => {
+            counter!("eye_ingest_rejects_total", "reason" => "unauthorized").increment(1);
+            counter!("eye_ingest_requests_total", "route" => "/v1/events", "status" => "401")
+                .increment(1);
+            error_response(ApiError::Unauthorized, state.retry_after_seconds)
         }
     }
 }
@@ -140,27 +232,16 @@ struct KeyQuery {
 
 async fn post_events(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<KeyQuery>,
+    Extension(Authenticated(application)): Extension<Authenticated>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let query_key = query.api_key.as_deref();
-    let reply = accept_events(&state, &headers, query_key, body).await;
+    let reply = accept_events(&state, &application, &headers, body).await;
     let response = match reply {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
         Err(error) => {
             counter!("eye_ingest_rejects_total", "reason" => error.reason()).increment(1);
-            let status = error.status();
-            let body = Json(ErrorBody {
-                error: error.reason(),
-                message: error.to_string(),
-            });
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                let retry_after = [(header::RETRY_AFTER, state.retry_after_seconds.to_string())];
-                (status, retry_after, body).into_response()
-            } else {
-                (status, body).into_response()
-            }
+            error_response(error, state.retry_after_seconds)
         }
     };
     counter!("eye_ingest_requests_total", "route" => "/v1/events", "status" => response.status().as_str().to_owned())
@@ -168,20 +249,27 @@ async fn post_events(
     response
 }
 
+/// The whole body, within the size limit and the read time-out.
+async fn read_body(body: Body, limits: &Limits) -> Result<Bytes, ApiError> {
+    let limited = Limited::new(body, limits.max_body_bytes);
+    let timeout = Duration::from_millis(limits.body_read_timeout_ms);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::BodyTimeout(limits.body_read_timeout_ms)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => {
+            Err(ApiError::BodyTooLarge(limits.max_body_bytes))
+        }
+        Ok(Err(error)) => Err(ApiError::BodyUnreadable(error.to_string())),
+    }
+}
+
 async fn accept_events(
     state: &AppState,
+    application: &str,
     headers: &HeaderMap,
-    query_key: Option<&str>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Accepted, ApiError> {
-    let application = state
-        .applications
-        .authenticate(headers, query_key)
-        .ok_or(ApiError::Unauthorized)?;
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge(state.limits.max_body_bytes),
-        _ => ApiError::BodyUnreadable(rejection.body_text()),
-    })?;
+    let body = read_body(body, &state.limits).await?;
     counter!("eye_ingest_request_bytes_total").increment(body.len() as u64);
     let format = body_format(headers)?;
     let decoded;
@@ -194,6 +282,7 @@ async fn accept_events(
         Some(other) => return Err(ApiError::UnsupportedEncoding(other.to_string())),
     };
     let incoming = split_events(body, format, &state.limits)?;
+    state.rate_limits.admit(application, incoming.len())?;
 
     let received_at = now_micros();
     let stamps: Vec<Stamp> = incoming

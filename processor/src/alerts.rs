@@ -19,14 +19,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dead_letter::acknowledged_producer;
+use crate::sink::within;
 use apache_avro::types::Value as Avro;
 use clickhouse::{Client, Row};
+use eye_core::kafka::refused_for_good;
 use eye_core::schemas::TopicSchema;
 use eye_core::settings::KafkaSettings;
+use metrics::counter;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 /// Namespace of alert ids: UUIDv5 of rule, key and opening window.
@@ -225,6 +228,8 @@ pub struct AlertEvaluator {
     producer: FutureProducer,
     schema: TopicSchema,
     owns_first_partition: Arc<AtomicBool>,
+    /// Bounds each ClickHouse request (a hung server fails the judgement, tried again next tick).
+    request_timeout: Duration,
 }
 
 /// The evaluator's memory while it owns partition 0; rebuilt from ClickHouse on taking over.
@@ -250,6 +255,7 @@ impl AlertEvaluator {
         kafka: &KafkaSettings,
         raw_topic: &str,
         client: Client,
+        request_timeout: Duration,
         schema: TopicSchema,
     ) -> Result<Self, AlertError> {
         settings.check()?;
@@ -260,6 +266,7 @@ impl AlertEvaluator {
             producer: acknowledged_producer(kafka)?,
             schema,
             owns_first_partition: Arc::default(),
+            request_timeout,
         })
     }
 
@@ -320,16 +327,18 @@ impl AlertEvaluator {
     /// Whether a replay is rebuilding the tables (its heartbeat is under a minute old), and when
     /// the last one finished.
     async fn replays(&self) -> Result<Replays, AlertError> {
-        Ok(self
-            .client
-            .query(
-                "SELECT countIf(done = 0 AND seen > now() - 60) AS running, \
+        Ok(within(
+            self.request_timeout,
+            self.client
+                .query(
+                    "SELECT countIf(done = 0 AND seen > now() - 60) AS running, \
                  toUInt32(maxIf(seen, done = 1)) AS last_finished FROM \
                  (SELECT replay_id, max(finished) AS done, max(heartbeat_at) AS seen \
                   FROM replays GROUP BY replay_id)",
-            )
-            .fetch_one()
-            .await?)
+                )
+                .fetch_one(),
+        )
+        .await?)
     }
 
     async fn judge(&self, judged: &mut Option<Judged>) -> Result<(), AlertError> {
@@ -359,8 +368,20 @@ impl AlertEvaluator {
                     continue;
                 }
                 let row = self.alert_row(rule, decision).await?;
-                self.publish(rule, &row).await?;
-                let mut insert = self.client.insert::<AlertRow>("alerts").await?;
+                match self.publish(rule, &row).await {
+                    Ok(()) => {}
+                    // Never retried: the same message would be refused again. It is in `alerts`.
+                    Err(AlertError::Kafka(error)) if refused_for_good(&error) => {
+                        counter!("eye_processor_alerts_refused_total").increment(1);
+                        error!(rule = %rule.name, alert_id = %row.alert_id, %error, "the broker refused an alert for good");
+                    }
+                    Err(error) => return Err(error),
+                }
+                let mut insert = self
+                    .client
+                    .insert::<AlertRow>("alerts")
+                    .await?
+                    .with_timeouts(Some(self.request_timeout), Some(self.request_timeout));
                 insert.write(&row).await?;
                 insert.end().await?;
                 info!(rule = %rule.name, alert_id = %row.alert_id, status = %row.status, application = %row.application, "alert published");
@@ -375,16 +396,18 @@ impl AlertEvaluator {
     /// allowed lateness; none while some partition has not reported yet.
     async fn complete_until(&self) -> Result<Option<u32>, AlertError> {
         let partitions = self.partition_count().await?;
-        let (reported, complete) = self
-            .client
-            .query(
-                "SELECT count(), toUInt32(min(if(committed_offset >= high_watermark, \
+        let (reported, complete) = within(
+            self.request_timeout,
+            self.client
+                .query(
+                    "SELECT count(), toUInt32(min(if(committed_offset >= high_watermark, \
                  greatest(updated_at, received_time_watermark), received_time_watermark))) \
                  FROM ingest_watermarks WHERE topic = ?",
-            )
-            .bind(&self.raw_topic)
-            .fetch_one::<(u64, u32)>()
-            .await?;
+                )
+                .bind(&self.raw_topic)
+                .fetch_one::<(u64, u32)>(),
+        )
+        .await?;
         if partitions == 0 || reported < partitions as u64 {
             return Ok(None);
         }
@@ -411,22 +434,26 @@ impl AlertEvaluator {
     /// Starts judging at the first window holding data; what `eye.alerts` holds is not
     /// published again. None while there is no data.
     async fn take_over(&self) -> Result<Option<Judged>, AlertError> {
-        let first = self
-            .client
-            .query(
-                "SELECT toUInt32(min(minute)) FROM \
+        let first = within(
+            self.request_timeout,
+            self.client
+                .query(
+                    "SELECT toUInt32(min(minute)) FROM \
                  (SELECT minute FROM error_counts UNION ALL SELECT minute FROM event_counts)",
-            )
-            .fetch_one::<u32>()
-            .await?;
+                )
+                .fetch_one::<u32>(),
+        )
+        .await?;
         if first == 0 {
             return Ok(None);
         }
-        let published: Vec<(String, String)> = self
-            .client
-            .query("SELECT DISTINCT toString(alert_id), status FROM alerts")
-            .fetch_all()
-            .await?;
+        let published: Vec<(String, String)> = within(
+            self.request_timeout,
+            self.client
+                .query("SELECT DISTINCT toString(alert_id), status FROM alerts")
+                .fetch_all(),
+        )
+        .await?;
         let published = published
             .into_iter()
             .filter_map(|(alert_id, status)| {
@@ -500,13 +527,16 @@ impl AlertEvaluator {
         if let Some(error_type) = &rule.error_type {
             query = query.bind(error_type);
         }
-        Ok(query
-            .bind(from)
-            .bind(until)
-            .bind(from)
-            .bind(until)
-            .fetch_all()
-            .await?)
+        Ok(within(
+            self.request_timeout,
+            query
+                .bind(from)
+                .bind(until)
+                .bind(from)
+                .bind(until)
+                .fetch_all(),
+        )
+        .await?)
     }
 
     async fn alert_row(
@@ -568,7 +598,7 @@ impl AlertEvaluator {
         if let Some(error_type) = &rule.error_type {
             query = query.bind(error_type);
         }
-        Ok(query.fetch_all().await?)
+        Ok(within(self.request_timeout, query.fetch_all()).await?)
     }
 
     async fn publish(&self, rule: &AlertRule, row: &AlertRow) -> Result<(), AlertError> {

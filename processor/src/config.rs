@@ -98,6 +98,9 @@ pub struct ClickHouseSettings {
     pub database: String,
     pub user: String,
     pub password: String,
+    /// Longest an insert or a query may take before it counts as failed (and is retried): a
+    /// server that hangs instead of refusing must not hold a batch forever.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for ClickHouseSettings {
@@ -107,6 +110,7 @@ impl Default for ClickHouseSettings {
             database: "eye".into(),
             user: "default".into(),
             password: String::new(),
+            request_timeout_ms: 30_000,
         }
     }
 }

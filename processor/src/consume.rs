@@ -17,14 +17,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
+use chrono::Utc;
+use eye_core::kafka::headers_of;
 use metrics::{counter, gauge, histogram};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::Value as Json;
@@ -37,11 +37,9 @@ use crate::dead_letter::{DeadLetterSink, FailedMessage};
 use crate::readiness::{ConsumerReport, Readiness};
 use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, ErrorRow, EventRow, SinkError, WatermarkRow};
-use crate::validate::{Envelope, ErrorType, FailedEvent, ValidEvent, Validator};
+use crate::validate::{Envelope, ErrorType, FailedEvent, Transport, ValidEvent, Validator};
 use eye_core::timestamp::split_seconds;
 
-/// Namespace of the event ids derived from a message's topic, partition and offset.
-const DERIVED_EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c0e_92d4_4c6b_b1e8_5e7d_0c2a_9f41);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often caught-up partitions are reported to `ingest_watermarks` while no batch is written,
 /// so an idle partition does not hold back how far the data is known to be complete.
@@ -482,7 +480,10 @@ impl Pipeline {
     fn add(&self, batch: &mut Batch, message: &BorrowedMessage<'_>) {
         let partition = message.partition();
         let offset = message.offset();
-        let envelope = envelope_of(message, &self.config.consumer.default_application);
+        let envelope = Envelope::of(
+            &transport_of(message),
+            &self.config.consumer.default_application,
+        );
         match self
             .validator
             .validate(message.payload().unwrap_or_default(), &envelope)
@@ -503,7 +504,10 @@ impl Pipeline {
                         offset,
                     ),
                     key: message.key().map(<[u8]>::to_vec),
-                    headers: headers_of(message),
+                    headers: headers_of(message)
+                        .into_iter()
+                        .map(|(key, value)| (key.into_owned(), value.unwrap_or_default().to_vec()))
+                        .collect(),
                 });
             }
         }
@@ -596,7 +600,7 @@ impl Pipeline {
 
     /// Both tables, the dead-letter topic, then progress; each step is idempotent for a retry.
     async fn insert(&self, batch: &Batch) -> Result<(), SinkError> {
-        self.sink.insert_events(batch.events.iter()).await?;
+        self.sink.insert_events(&batch.events).await?;
         self.sink
             .insert_errors(batch.errors.iter().map(|failed| &failed.row))
             .await?;
@@ -719,7 +723,7 @@ impl Pipeline {
     async fn isolate_refused_rows(&self, batch: &mut Batch) {
         let mut accepted = Vec::with_capacity(batch.events.len());
         for row in std::mem::take(&mut batch.events) {
-            match self.sink.insert_events(std::iter::once(&row)).await {
+            match self.sink.insert_events(std::slice::from_ref(&row)).await {
                 Err(SinkError::Permanent(error)) => batch.errors.push(FailedMessage {
                     row: refused_row(row, &error.to_string()),
                     key: None,
@@ -825,66 +829,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Every header of the message, as sent.
-fn headers_of(message: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
-    message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|header| {
-                    (
-                        header.key.to_string(),
-                        header.value.unwrap_or_default().to_vec(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// What the message's headers say, completed deterministically from the message itself.
-fn envelope_of(message: &BorrowedMessage<'_>, default_application: &str) -> Envelope {
-    let header = |name: &str| {
-        message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|header| header.key == name)
-                .and_then(|header| header.value)
-                .and_then(|value| std::str::from_utf8(value).ok())
-                .map(str::to_string)
-        })
-    };
-    let received_at = header(RECEIVED_AT_HEADER)
-        .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
-        .map(|at| at.with_timezone(&Utc))
-        .or_else(|| {
-            message
-                .timestamp()
-                .to_millis()
-                .and_then(DateTime::from_timestamp_millis)
-        })
-        // Kafka stamps every message since 0.10; a message without a time is judged by now.
-        .unwrap_or_else(Utc::now);
-    let event_id = header(EVENT_ID_HEADER).and_then(|text| Uuid::parse_str(&text).ok());
-    // Hashed only when no header carries an id (the bridge always sets one).
-    let derived_event_id = match event_id {
-        Some(_) => Uuid::nil(),
-        None => {
-            let derived = format!(
-                "{}/{}/{}",
-                message.topic(),
-                message.partition(),
-                message.offset()
-            );
-            Uuid::new_v5(&DERIVED_EVENT_ID_NAMESPACE, derived.as_bytes())
-        }
-    };
-    Envelope {
-        event_id,
-        derived_event_id,
-        received_at,
-        application: header(APPLICATION_HEADER).unwrap_or_else(|| default_application.to_string()),
+/// The message's Kafka side, for the validator.
+fn transport_of<'m>(message: &'m BorrowedMessage<'_>) -> Transport<'m> {
+    Transport {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+        headers: headers_of(message),
     }
 }
 

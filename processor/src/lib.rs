@@ -97,6 +97,7 @@ pub async fn run(
                 &config.kafka,
                 &config.consumer.topic,
                 sink.client(),
+                sink.request_timeout(),
                 alert_schema,
             )
         })
@@ -173,8 +174,7 @@ pub(crate) async fn session_updates(
     .await?;
     let schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/session.avsc"))?;
     Ok(Some(
-        SessionUpdates::new(settings, &config.kafka, sink.client(), schema)
-            .map_err(PipelineError::Kafka)?,
+        SessionUpdates::new(settings, &config.kafka, sink, schema).map_err(PipelineError::Kafka)?,
     ))
 }
 

@@ -166,6 +166,7 @@ pub async fn replay(
             &config.kafka,
             &config.consumer.topic,
             client.clone(),
+            Duration::from_millis(config.clickhouse.request_timeout_ms),
             alert_schema,
         )?;
         evaluator.judge_once().await?;

@@ -9,15 +9,19 @@ use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
 use clickhouse::{Client, Row};
+use eye_core::kafka::refused_for_good;
 use eye_core::schemas::TopicSchema;
 use eye_core::settings::KafkaSettings;
-use futures::future::try_join_all;
+use futures::future::join_all;
+use metrics::counter;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
+use tracing::error;
 use uuid::Uuid;
 
 use crate::dead_letter::acknowledged_producer;
+use crate::sink::{within, ClickHouseSink};
 
 /// Sessions read per query. The ids travel as one string literal, split in ClickHouse: a list of
 /// literals takes ClickHouse ~15 µs each to parse (0.7 s for 47,000). The text still exceeds the
@@ -51,8 +55,6 @@ pub enum SessionUpdateError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("publishing sessions: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("encoding a session: {0}")]
-    Avro(#[from] apache_avro::Error),
 }
 
 /// One session as ClickHouse holds it.
@@ -77,6 +79,7 @@ struct SessionRow {
 pub struct SessionUpdates {
     topic: String,
     client: Client,
+    request_timeout: Duration,
     producer: FutureProducer,
     schema: TopicSchema,
 }
@@ -85,12 +88,13 @@ impl SessionUpdates {
     pub fn new(
         settings: &SessionUpdateSettings,
         kafka: &KafkaSettings,
-        client: Client,
+        sink: &ClickHouseSink,
         schema: TopicSchema,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
             topic: settings.topic.clone(),
-            client,
+            client: sink.client(),
+            request_timeout: sink.request_timeout(),
             producer: acknowledged_producer(kafka)?,
             schema,
         })
@@ -104,23 +108,39 @@ impl SessionUpdates {
         let sessions: Vec<&(String, Uuid)> = sessions.iter().collect();
         for chunk in sessions.chunks(SESSIONS_PER_QUERY) {
             let rows = self.read(chunk).await?;
-            let messages = rows
+            let messages: Vec<(String, Vec<u8>)> = rows
                 .iter()
-                .map(|row| {
-                    Ok((
-                        format!("{}/{}", row.application, row.session),
-                        self.schema.encode(record(row))?,
-                    ))
+                .filter_map(|row| {
+                    let key = format!("{}/{}", row.application, row.session);
+                    match self.schema.encode(record(row)) {
+                        Ok(payload) => Some((key, payload)),
+                        // The same row fails the same way on every retry: a defect to report.
+                        Err(error) => {
+                            counter!("eye_processor_session_updates_refused_total").increment(1);
+                            error!(session = %key, %error, "a session does not encode as session.avsc; not published");
+                            None
+                        }
+                    }
                 })
-                .collect::<Result<Vec<_>, apache_avro::Error>>()?;
-            try_join_all(messages.iter().map(|(key, payload)| {
+                .collect();
+            let deliveries = join_all(messages.iter().map(|(key, payload)| {
                 self.producer.send(
                     FutureRecord::to(&self.topic).key(key).payload(payload),
                     Duration::from_secs(30),
                 )
             }))
-            .await
-            .map_err(|(error, _)| error)?;
+            .await;
+            for ((key, _), delivery) in messages.iter().zip(deliveries) {
+                match delivery {
+                    Ok(_) => {}
+                    // Cannot happen for the sizes `record` bounds; never retried if it does.
+                    Err((error, _)) if refused_for_good(&error) => {
+                        counter!("eye_processor_session_updates_refused_total").increment(1);
+                        error!(session = %key, %error, "the broker refused a session update for good; the session is in ClickHouse only");
+                    }
+                    Err((error, _)) => return Err(error.into()),
+                }
+            }
         }
         Ok(())
     }
@@ -159,12 +179,14 @@ impl SessionUpdates {
                GROUP BY application, session_id \
              ) USING (application, session_id)"
         );
-        let rows: Vec<SessionRow> = self
-            .client
-            .query(&sql)
-            .with_setting("max_query_size", MAX_QUERY_SIZE)
-            .fetch_all()
-            .await?;
+        let rows: Vec<SessionRow> = within(
+            self.request_timeout,
+            self.client
+                .query(&sql)
+                .with_setting("max_query_size", MAX_QUERY_SIZE)
+                .fetch_all(),
+        )
+        .await?;
         let keys: HashSet<(&str, Uuid)> = sessions
             .iter()
             .map(|(application, session_id)| (application.as_str(), *session_id))
@@ -179,6 +201,21 @@ impl SessionUpdates {
     }
 }
 
+/// The longest entry or exit path a session update carries, in bytes: a session's message must fit
+/// the broker's message size whatever paths its events had (a valid path can be near 1 MB).
+pub const MAX_PATH_BYTES: usize = 2048;
+/// Ends a path cut to [`MAX_PATH_BYTES`].
+pub const TRUNCATION_MARKER: &str = "…";
+
+/// The path, or its first [`MAX_PATH_BYTES`] bytes (less the marker) and the marker.
+fn bounded_path(path: &str) -> String {
+    if path.len() <= MAX_PATH_BYTES {
+        return path.to_string();
+    }
+    let cut = path.floor_char_boundary(MAX_PATH_BYTES - TRUNCATION_MARKER.len());
+    format!("{}{TRUNCATION_MARKER}", &path[..cut])
+}
+
 fn record(row: &SessionRow) -> Avro {
     let micros = |value: u64| value as i64;
     let mut by_category: BTreeMap<&str, i64> = BTreeMap::new();
@@ -189,7 +226,7 @@ fn record(row: &SessionRow) -> Avro {
     }
     let path = |path: &str| match path {
         "" => Avro::Union(0, Box::new(Avro::Null)),
-        path => Avro::Union(1, Box::new(Avro::String(path.to_string()))),
+        path => Avro::Union(1, Box::new(Avro::String(bounded_path(path)))),
     };
     Avro::Record(vec![
         ("application".into(), Avro::String(row.application.clone())),
@@ -241,4 +278,19 @@ fn record(row: &SessionRow) -> Avro {
             Avro::TimestampMicros(micros(row.last_received.max(row.error_last_received))),
         ),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_path_is_cut_to_its_bound_with_a_marker() {
+        let long = "/é".repeat(400_000);
+        let bounded = bounded_path(&long);
+        assert!(bounded.len() <= MAX_PATH_BYTES);
+        assert!(bounded.ends_with(TRUNCATION_MARKER));
+        assert!(long.starts_with(bounded.trim_end_matches(TRUNCATION_MARKER)));
+        assert_eq!(bounded_path("/checkout"), "/checkout");
+    }
 }

@@ -2,7 +2,9 @@
 //! inserts of valid events and failures. Insert errors are classified: ClickHouse refusing the data
 //! itself is permanent (the rows become failures), anything else is retried.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use serde::Serialize;
@@ -97,22 +99,9 @@ pub enum SinkError {
 
 impl SinkError {
     fn from_clickhouse(error: clickhouse::error::Error) -> Self {
-        // Codes meaning "this data can never be inserted": parse failures, type mismatches,
-        // out-of-range values, oversized strings.
-        const DATA_ERRORS: [&str; 9] = [
-            "Code: 6.",
-            "Code: 27.",
-            "Code: 33.",
-            "Code: 53.",
-            "Code: 69.",
-            "Code: 70.",
-            "Code: 72.",
-            "Code: 117.",
-            "Code: 131.",
-        ];
         match &error {
             clickhouse::error::Error::BadResponse(message)
-                if DATA_ERRORS.iter().any(|code| message.contains(code)) =>
+                if exception_code(message).is_some_and(|code| DATA_ERRORS.contains(&code)) =>
             {
                 SinkError::Permanent(error)
             }
@@ -121,9 +110,34 @@ impl SinkError {
     }
 }
 
+/// Exception codes meaning "this data can never be inserted": parse failures, type mismatches,
+/// out-of-range values, oversized strings. Anything else (252 included: "too many parts" means
+/// merges are behind, and inserts never span partitions) is retried.
+const DATA_ERRORS: [u32; 9] = [6, 27, 33, 53, 69, 70, 72, 117, 131];
+
+/// The code of a ClickHouse exception, in both forms servers write it: `Code: 27, e.displayText()
+/// = DB::Exception: …` (18.16) and `Code: 27. DB::Exception: …` (current releases).
+pub fn exception_code(message: &str) -> Option<u32> {
+    let (_, after) = message.split_once("Code: ")?;
+    let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+    match after.as_bytes().get(digits) {
+        Some(b'.' | b',') => after[..digits].parse().ok(),
+        _ => None,
+    }
+}
+
+/// The month a time falls in, as the tables' `PARTITION BY toYYYYMM(…)` sees it.
+fn month(seconds: u32) -> u32 {
+    use chrono::Datelike;
+    let at = chrono::DateTime::from_timestamp(i64::from(seconds), 0).unwrap_or_default();
+    at.year() as u32 * 100 + at.month()
+}
+
 #[derive(Clone)]
 pub struct ClickHouseSink {
     client: Client,
+    /// Bounds every insert: a server that hangs instead of refusing fails the attempt (retried).
+    request_timeout: Duration,
 }
 
 impl ClickHouseSink {
@@ -136,7 +150,10 @@ impl ClickHouseSink {
             // ClickHouse 18.16 knows no RowBinaryWithNamesAndTypes, which validation needs.
             .with_validation(false)
             .with_compression(clickhouse::Compression::None);
-        Self { client }
+        Self {
+            client,
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+        }
     }
 
     /// Creates the database and applies every `*.sql` file of `ddl_dir` in name order. Each file
@@ -178,6 +195,11 @@ impl ClickHouseSink {
         self.client.clone()
     }
 
+    /// How long a request may take; queries made with [`ClickHouseSink::client`] use it too.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     pub async fn ping(&self) -> bool {
         self.client
             .query("SELECT 1")
@@ -186,18 +208,26 @@ impl ClickHouseSink {
             .is_ok()
     }
 
-    pub async fn insert_events<'a>(
-        &self,
-        rows: impl ExactSizeIterator<Item = &'a EventRow>,
-    ) -> Result<(), SinkError> {
-        self.insert("events", rows).await
+    /// One insert per (event month, received month): each holds rows of one partition of
+    /// `events` and of each of its views, so "too many partitions for a single insert" (252 on
+    /// current ClickHouse) cannot refuse a batch whose events span many months.
+    pub async fn insert_events(&self, rows: &[EventRow]) -> Result<(), SinkError> {
+        for group in by_partition(rows, |row| (month(row.timestamp), month(row.received_at))) {
+            self.insert("events", group.into_iter()).await?;
+        }
+        Ok(())
     }
 
+    /// One insert per received month, as for events.
     pub async fn insert_errors<'a>(
         &self,
-        rows: impl ExactSizeIterator<Item = &'a ErrorRow>,
+        rows: impl Iterator<Item = &'a ErrorRow>,
     ) -> Result<(), SinkError> {
-        self.insert("event_errors", rows).await
+        let rows: Vec<&ErrorRow> = rows.collect();
+        for group in by_partition(rows.iter().copied(), |row| month(row.received_at)) {
+            self.insert("event_errors", group.into_iter()).await?;
+        }
+        Ok(())
     }
 
     pub async fn insert_watermarks<'a>(
@@ -222,7 +252,8 @@ impl ClickHouseSink {
             .client
             .insert::<T>(table)
             .await
-            .map_err(SinkError::from_clickhouse)?;
+            .map_err(SinkError::from_clickhouse)?
+            .with_timeouts(Some(self.request_timeout), Some(self.request_timeout));
         for row in rows {
             insert
                 .write(row)
@@ -230,5 +261,87 @@ impl ClickHouseSink {
                 .map_err(SinkError::from_clickhouse)?;
         }
         insert.end().await.map_err(SinkError::from_clickhouse)
+    }
+}
+
+/// Runs a ClickHouse request, failing it as timed out after `timeout`: a server that hangs
+/// instead of refusing must not hold a caller forever.
+pub async fn within<T>(
+    timeout: Duration,
+    request: impl std::future::Future<Output = Result<T, clickhouse::error::Error>>,
+) -> Result<T, clickhouse::error::Error> {
+    tokio::time::timeout(timeout, request)
+        .await
+        .unwrap_or(Err(clickhouse::error::Error::TimedOut))
+}
+
+/// The rows grouped by partition, in partition order (one group for an ordinary batch).
+fn by_partition<'r, T, K: Ord>(
+    rows: impl IntoIterator<Item = &'r T>,
+    partition: impl Fn(&T) -> K,
+) -> impl Iterator<Item = Vec<&'r T>>
+where
+    T: 'r,
+{
+    let mut groups: BTreeMap<K, Vec<&'r T>> = BTreeMap::new();
+    for row in rows {
+        groups.entry(partition(row)).or_default().push(row);
+    }
+    groups.into_values()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exception_codes_are_read_from_old_and_current_servers() {
+        assert_eq!(
+            exception_code("Code: 27, e.displayText() = DB::Exception: Cannot parse input"),
+            Some(27)
+        );
+        assert_eq!(
+            exception_code("Code: 27. DB::Exception: Cannot parse input: expected '\\t'"),
+            Some(27)
+        );
+        assert_eq!(
+            exception_code("Code: 252. DB::Exception: Too many partitions for single INSERT block"),
+            Some(252)
+        );
+        assert_eq!(exception_code("Code: 2x. nothing"), None);
+        assert_eq!(exception_code("connection refused"), None);
+    }
+
+    #[test]
+    fn a_refusal_of_the_data_is_permanent_on_old_and_current_servers() {
+        for message in [
+            "Code: 27, e.displayText() = DB::Exception: Cannot parse input, e.what() = DB::Exception",
+            "Code: 27. DB::Exception: Cannot parse input: expected '\\t' before: ... (CANNOT_PARSE_INPUT_ASSERTION_FAILED)",
+        ] {
+            let error = SinkError::from_clickhouse(clickhouse::error::Error::BadResponse(
+                message.to_string(),
+            ));
+            assert!(matches!(error, SinkError::Permanent(_)), "{message}");
+        }
+        let busy = SinkError::from_clickhouse(clickhouse::error::Error::BadResponse(
+            "Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts".into(),
+        ));
+        assert!(matches!(busy, SinkError::Retryable(_)));
+    }
+
+    #[test]
+    fn rows_of_many_months_are_inserted_one_partition_at_a_time() {
+        let months = [1_609_459_200u32, 1_612_137_600, 1_609_459_300, 0];
+        let groups: Vec<Vec<u32>> = by_partition(months.iter(), |&seconds| month(seconds))
+            .map(|group| group.into_iter().copied().collect())
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                vec![0],
+                vec![1_609_459_200, 1_609_459_300],
+                vec![1_612_137_600]
+            ]
+        );
     }
 }

@@ -3,6 +3,10 @@
 //! offset), never on when it is processed, so a replay decides the same.
 //!
 //! Failure precedence (the first that applies is recorded):
+//! 0. `invalid_envelope` — an `eye.received_at` header that is no RFC 3339 time ClickHouse's
+//!    `DateTime` holds (or, without one, such a Kafka timestamp), or an `eye.application` header
+//!    that is not UTF-8, empty or over 256 bytes (the event is recorded under the default
+//!    application, at the Kafka timestamp or else at 1970-01-01);
 //! 1. `malformed_json` — not JSON, or not an object (the raw bytes are kept);
 //!    `unknown_schema` / `invalid_avro` for Avro single-object messages;
 //! 2. `missing_field` — `session_id`, `category`, `name`, `timestamp` or `data` absent;
@@ -16,6 +20,7 @@
 //!    reason names the field path;
 //! 9. `future_timestamp` — `timestamp` later than `received_at` plus the configured tolerance.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use apache_avro::types::Value as Avro;
@@ -26,10 +31,12 @@ use eye_core::schemas::{EventSchema, SchemaRegistry, SINGLE_OBJECT_MARKER};
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
-use eye_core::timestamp::parse_event_time;
+use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
+use eye_core::timestamp::{in_datetime_range, parse_event_time};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorType {
+    InvalidEnvelope,
     MalformedJson,
     UnknownSchema,
     InvalidAvro,
@@ -48,6 +55,7 @@ pub enum ErrorType {
 impl ErrorType {
     pub fn as_str(self) -> &'static str {
         match self {
+            ErrorType::InvalidEnvelope => "invalid_envelope",
             ErrorType::MalformedJson => "malformed_json",
             ErrorType::UnknownSchema => "unknown_schema",
             ErrorType::InvalidAvro => "invalid_avro",
@@ -131,6 +139,128 @@ pub struct Envelope {
     pub derived_event_id: Uuid,
     pub received_at: DateTime<Utc>,
     pub application: String,
+    /// Why the headers or the Kafka timestamp cannot be stored (`invalid_envelope`).
+    pub fault: Option<Failure>,
+}
+
+/// A raw-topic message's Kafka side, as read.
+#[derive(Debug, Clone, Default)]
+pub struct Transport<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// The message's Kafka timestamp (ms), when it has one.
+    pub timestamp_ms: Option<i64>,
+    /// Every header in order; a header may repeat (the first counts) or have no value.
+    pub headers: Vec<(Cow<'a, str>, Option<&'a [u8]>)>,
+}
+
+/// Namespace of the event ids derived from a message's topic, partition and offset.
+const DERIVED_EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c0e_92d4_4c6b_b1e8_5e7d_0c2a_9f41);
+/// The longest application id stored (ids are short names; a header is not a payload).
+pub const MAX_APPLICATION_BYTES: usize = 256;
+
+impl Envelope {
+    /// What the transport says, completed deterministically from the message itself, so a
+    /// replay stamps the same.
+    pub fn of(transport: &Transport<'_>, default_application: &str) -> Envelope {
+        let header = |name: &str| {
+            transport
+                .headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.unwrap_or_default())
+        };
+        let mut fault = None;
+        let mut fail = |field: &str, reason: String| {
+            fault.get_or_insert_with(|| Failure::new(ErrorType::InvalidEnvelope, field, reason));
+        };
+        let kafka_time = transport
+            .timestamp_ms
+            .and_then(DateTime::from_timestamp_millis);
+        let received_at = match header(RECEIVED_AT_HEADER) {
+            Some(bytes) => {
+                let parsed = std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                    .map(|at| at.with_timezone(&Utc))
+                    .filter(|at| in_datetime_range(*at));
+                if parsed.is_none() {
+                    fail(
+                        RECEIVED_AT_HEADER,
+                        format!(
+                            "{RECEIVED_AT_HEADER} {:?} is not an RFC 3339 time between 1970 and 2106-02-07",
+                            String::from_utf8_lossy(&bytes[..bytes.len().min(64)])
+                        ),
+                    );
+                }
+                parsed
+            }
+            // Kafka stamps every message since 0.10; a message without a time is judged by now.
+            None => match kafka_time {
+                None if transport.timestamp_ms.is_none() => Some(Utc::now()),
+                Some(at) if in_datetime_range(at) => Some(at),
+                _ => {
+                    fail(
+                        "",
+                        format!(
+                            "the Kafka timestamp {} ms is not between 1970 and 2106-02-07",
+                            transport.timestamp_ms.unwrap_or_default()
+                        ),
+                    );
+                    None
+                }
+            },
+        }
+        .or(kafka_time.filter(|at| in_datetime_range(*at)))
+        .unwrap_or(DateTime::UNIX_EPOCH);
+        let application = match header(APPLICATION_HEADER) {
+            None => default_application.to_string(),
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) if !text.is_empty() && text.len() <= MAX_APPLICATION_BYTES => {
+                    text.to_string()
+                }
+                Ok(text) => {
+                    fail(
+                        APPLICATION_HEADER,
+                        format!(
+                            "{APPLICATION_HEADER} is {} bytes; an application id has 1 to {MAX_APPLICATION_BYTES}",
+                            text.len()
+                        ),
+                    );
+                    default_application.to_string()
+                }
+                Err(_) => {
+                    fail(
+                        APPLICATION_HEADER,
+                        format!("{APPLICATION_HEADER} is not UTF-8"),
+                    );
+                    default_application.to_string()
+                }
+            },
+        };
+        let event_id = header(EVENT_ID_HEADER)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .and_then(|text| Uuid::parse_str(text).ok());
+        // Hashed only when no header carries an id (the bridge always sets one).
+        let derived_event_id = match event_id {
+            Some(_) => Uuid::nil(),
+            None => {
+                let derived = format!(
+                    "{}/{}/{}",
+                    transport.topic, transport.partition, transport.offset
+                );
+                Uuid::new_v5(&DERIVED_EVENT_ID_NAMESPACE, derived.as_bytes())
+            }
+        };
+        Envelope {
+            event_id,
+            derived_event_id,
+            received_at,
+            application,
+            fault,
+        }
+    }
 }
 
 pub struct Validator {
@@ -147,8 +277,16 @@ const ENVELOPE_KEYS: [&str; 6] = [
     "data",
 ];
 
+/// The longest string, bytes, array or map an Avro datum may declare (in bytes or items). A raw
+/// message is at most the broker's message size (1 MB by default), so no honest length is
+/// longer; apache-avro allocates a declared length before reading it (its default bound is
+/// 512 MiB, and a map of 400 million entries aborted the process).
+pub const MAX_AVRO_LENGTH: usize = 1 << 20;
+
 impl Validator {
     pub fn new(registry: SchemaRegistry, future_tolerance: chrono::Duration) -> Self {
+        // Process-wide and set once: every Avro decoding in the processor reads raw messages.
+        let _ = apache_avro::util::max_allocation_bytes(MAX_AVRO_LENGTH);
         Self {
             registry,
             future_tolerance,
@@ -157,6 +295,19 @@ impl Validator {
 
     /// Validates one raw-topic message value.
     pub fn validate(&self, bytes: &[u8], envelope: &Envelope) -> Result<ValidEvent, FailedEvent> {
+        if let Some(failure) = &envelope.fault {
+            return Err(FailedEvent {
+                stamp: Stamp {
+                    event_id: envelope.event_id.unwrap_or(envelope.derived_event_id),
+                    received_at: envelope.received_at,
+                    application: envelope.application.clone(),
+                },
+                session_id: None,
+                category: String::new(),
+                name: String::new(),
+                failure: failure.clone(),
+            });
+        }
         if bytes.starts_with(&SINGLE_OBJECT_MARKER) {
             self.validate_avro(bytes, envelope)
         } else {
@@ -297,7 +448,7 @@ impl Validator {
             Failure::new(
                 ErrorType::InvalidTimestamp,
                 "timestamp",
-                format!("timestamp {timestamp:?} is not `YYYY-MM-DD HH:MM:SS[.ffffff]` or RFC 3339 between 1970 and 2105"),
+                format!("timestamp {timestamp:?} is not `YYYY-MM-DD HH:MM:SS[.ffffff]` or RFC 3339 between 1970 and 2106-02-07"),
             )
         })?;
         let schema = self.registry.latest(category, name).ok_or_else(|| {
@@ -467,12 +618,19 @@ impl AvroEvent {
         let micros = |key: &str, value: Avro| match value {
             Avro::TimestampMicros(micros) | Avro::Long(micros) => {
                 DateTime::from_timestamp_micros(micros)
-                    .ok_or_else(|| invalid(key, "a timestamp in range"))
+                    .filter(|at| in_datetime_range(*at))
+                    .ok_or_else(|| invalid(key, "a time between 1970 and 2106-02-07"))
             }
             _ => Err(invalid(key, "timestamp-micros")),
         };
         let event_id = uuid("event_id", take("event_id")?)?;
         let application = string("application", take("application")?)?;
+        if application.is_empty() || application.len() > MAX_APPLICATION_BYTES {
+            return Err(invalid(
+                "application",
+                &format!("an application id of 1 to {MAX_APPLICATION_BYTES} bytes"),
+            ));
+        }
         let session_id = uuid("session_id", take("session_id")?)?;
         let category = string("category", take("category")?)?;
         let name = string("name", take("name")?)?;

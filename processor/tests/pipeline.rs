@@ -10,10 +10,8 @@ use eye_devenv::testing::{services, unique_name, OwnedBroker, OwnedClickHouse, S
 use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig};
 use eye_ingest::routes::Accepted;
-use eye_processor::config::ProcessorConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -30,6 +28,7 @@ async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_micro
     ingest.applications = vec![Application {
         id: "shop".into(),
         key_sha256: key_sha256("shop-key"),
+        ..Application::default()
     }];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ingest_url = format!("http://{}/v1/events", listener.local_addr().unwrap());
@@ -913,31 +912,6 @@ async fn offsets_wait_for_the_batch_session_updates() {
     processor.stop().await;
 }
 
-/// The group's committed offsets over the raw topic, summed (partitions without one count 0).
-fn committed_offsets(config: &ProcessorConfig) -> impl Fn() -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &config.consumer.group_id)
-        .create()
-        .unwrap();
-    let mut partitions = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        partitions.add_partition(&config.consumer.topic, partition);
-    }
-    move || {
-        consumer
-            .committed_offsets(partitions.clone(), Duration::from_secs(10))
-            .unwrap()
-            .elements()
-            .iter()
-            .map(|element| match element.offset() {
-                Offset::Offset(offset) => offset,
-                _ => 0,
-            })
-            .sum()
-    }
-}
-
 /// Per-minute failure and event counts stay exact when every message arrives twice.
 #[tokio::test]
 async fn error_and_event_counts_are_exact_under_redelivery() {
@@ -1005,6 +979,52 @@ async fn error_and_event_counts_are_exact_under_redelivery() {
     assert_eq!(
         events.unwrap(),
         "shop\tpage interaction\tpageview\t2021-01-03 10:00:00\t10\n"
+    );
+    processor.stop().await;
+}
+
+/// A client's retry through the bridge: the same event, same event_id, a later received_at.
+#[tokio::test]
+async fn a_failed_event_retried_with_a_new_received_at_is_one_failure() {
+    let setup = Setup::shared().await;
+    let config = setup.config();
+    let processor = Processor::start(config.clone()).await;
+    let mut invalid = reference("pageview");
+    invalid["data"]["path"] = json!(7);
+    let event_id = Uuid::now_v7().to_string();
+    let copy = |received_at: &str| -> RawMessage {
+        (
+            invalid.to_string().into_bytes(),
+            vec![
+                ("eye.event_id", event_id.clone()),
+                ("eye.application", "shop".to_string()),
+                ("eye.received_at", received_at.to_string()),
+            ],
+        )
+    };
+    // The second a minute later: its own minute in `error_counts`, and a later sort position.
+    setup
+        .produce(&[
+            copy("2021-01-03T10:00:01.000000Z"),
+            copy("2021-01-03T10:01:30.000000Z"),
+        ])
+        .await;
+    wait_for_committed(&config, 2, Duration::from_secs(60)).await;
+    assert_eq!(
+        setup.count("SELECT count() FROM {db}.event_errors FINAL"),
+        1,
+        "a retried failure is kept once"
+    );
+    // Which copy stays depends on their offsets (here on two partitions); either is the event.
+    let kept = setup.query("SELECT toString(received_at) FROM {db}.event_errors FINAL");
+    assert!(
+        ["2021-01-03 10:00:01", "2021-01-03 10:01:30"].contains(&kept.as_str()),
+        "{kept}"
+    );
+    assert_eq!(
+        setup.count("SELECT uniqExactMerge(failures) FROM {db}.error_counts"),
+        1,
+        "counted once over both minutes"
     );
     processor.stop().await;
 }

@@ -4,9 +4,12 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, Utc};
 use eye_core::schemas::{EventEnvelope, SchemaRegistry};
-use eye_processor::validate::{Envelope, ErrorType, FailedEvent, Validator};
+use eye_processor::validate::{Envelope, ErrorType, FailedEvent, Transport, Validator};
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+mod common;
+use common::avro_long;
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -25,6 +28,7 @@ fn envelope() -> Envelope {
         derived_event_id: Uuid::new_v4(),
         received_at: "2021-01-01T09:20:00Z".parse().unwrap(),
         application: "shop".into(),
+        fault: None,
     }
 }
 
@@ -260,4 +264,264 @@ fn avro_with_an_unknown_fingerprint_or_a_broken_datum_fails() {
         failure_of(&trailing).failure.error_type,
         ErrorType::InvalidAvro
     );
+}
+
+fn avro_string(text: &str) -> Vec<u8> {
+    let mut bytes = avro_long(text.len() as i64);
+    bytes.extend_from_slice(text.as_bytes());
+    bytes
+}
+
+/// A form_submit single object written field by field: the envelope, then `data` from `tail`
+/// (host, path, form map), so a test can declare any length it likes.
+fn hand_written_form_submit(timestamp_us: i64, tail: &[u8]) -> Vec<u8> {
+    let (reference_bytes, _) = avro_bytes("form_submit");
+    let mut bytes = reference_bytes[..10].to_vec();
+    for text in [
+        &Uuid::from_u128(7).to_string(),
+        "billing",
+        &Uuid::from_u128(8).to_string(),
+        "form interaction",
+        "submit",
+    ] {
+        bytes.extend(avro_string(text));
+    }
+    bytes.extend(avro_long(timestamp_us));
+    bytes.extend(avro_long(1_609_492_528_000_000));
+    bytes.extend_from_slice(tail);
+    bytes
+}
+
+#[test]
+fn a_hand_written_avro_event_is_valid() {
+    let mut tail = avro_string("example.com");
+    tail.extend(avro_string("/signup"));
+    tail.extend(avro_long(1));
+    tail.extend(avro_string("email"));
+    tail.extend(avro_string("a@example.com"));
+    tail.extend(avro_long(0));
+    let valid = validator()
+        .validate(
+            &hand_written_form_submit(1_609_492_527_000_000, &tail),
+            &envelope(),
+        )
+        .unwrap_or_else(|failed| panic!("{:?}", failed.failure));
+    assert_eq!(valid.data["form"]["email"], "a@example.com");
+}
+
+#[test]
+fn avro_lengths_far_beyond_the_message_fail_without_allocating_them() {
+    let huge_string = avro_long(400_000_000);
+    let mut huge_map = avro_string("example.com");
+    huge_map.extend(avro_string("/signup"));
+    huge_map.extend(avro_long(400_000_000));
+    let mut negative_map = avro_string("example.com");
+    negative_map.extend(avro_string("/signup"));
+    // A negative block count is followed by the block's size in bytes.
+    negative_map.extend(avro_long(-400_000_000));
+    negative_map.extend(avro_long(i64::MAX));
+    for tail in [huge_string, huge_map, negative_map, avro_long(i64::MAX)] {
+        let failed = validator()
+            .validate(
+                &hand_written_form_submit(1_609_492_527_000_000, &tail),
+                &envelope(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            failed.failure.error_type,
+            ErrorType::InvalidAvro,
+            "{:?}",
+            failed.failure
+        );
+    }
+}
+
+#[test]
+fn avro_timestamps_beyond_clickhouse_datetime_fail_and_its_edges_pass() {
+    let mut tail = avro_string("example.com");
+    tail.extend(avro_string("/signup"));
+    tail.extend(avro_long(0));
+    let last = i64::from(u32::MAX) * 1_000_000 + 999_999;
+    let validator = validator();
+    let late_envelope = Envelope {
+        received_at: DateTime::from_timestamp_micros(last).unwrap(),
+        ..envelope()
+    };
+    // The datum's own received_at (2021) judges "future": only times up to it pass.
+    assert!(validator
+        .validate(&hand_written_form_submit(0, &tail), &late_envelope)
+        .is_ok());
+    for timestamp_us in [-1, last + 1, i64::MAX, i64::MIN] {
+        let failed = validator
+            .validate(
+                &hand_written_form_submit(timestamp_us, &tail),
+                &late_envelope,
+            )
+            .unwrap_err();
+        assert_eq!(
+            failed.failure.error_type,
+            ErrorType::InvalidAvro,
+            "{timestamp_us}"
+        );
+        assert_eq!(failed.failure.field_path, "timestamp");
+    }
+}
+
+fn transport<'a>(
+    timestamp_ms: Option<i64>,
+    headers: &[(&'a str, Option<&'a [u8]>)],
+) -> Transport<'a> {
+    Transport {
+        topic: "eye.events.raw",
+        partition: 2,
+        offset: 41,
+        timestamp_ms,
+        headers: headers
+            .iter()
+            .map(|&(key, value)| (key.into(), value))
+            .collect(),
+    }
+}
+
+const KAFKA_TIME_MS: i64 = 1_609_492_528_000;
+
+/// The decision for the reference pageview under these transport facts.
+fn decide(transport: &Transport<'_>) -> Result<eye_processor::validate::ValidEvent, FailedEvent> {
+    let envelope = Envelope::of(transport, "direct");
+    validator().validate(reference("pageview").to_string().as_bytes(), &envelope)
+}
+
+#[test]
+fn received_at_headers_beyond_clickhouse_datetime_are_invalid_envelopes_never_wrapped() {
+    for header in [
+        &b"2106-02-07T06:28:16Z"[..],
+        b"1969-12-31T23:59:59.999999Z",
+        b"9999-12-31T23:59:59Z",
+        b"0000-01-01T00:00:00Z",
+        b"yesterday",
+        b"",
+        b"\xff\xfe2021-01-01T09:15:28Z",
+    ] {
+        let failed = decide(&transport(
+            Some(KAFKA_TIME_MS),
+            &[("eye.received_at", Some(header))],
+        ))
+        .unwrap_err();
+        assert_eq!(
+            failed.failure.error_type,
+            ErrorType::InvalidEnvelope,
+            "{header:?}"
+        );
+        assert_eq!(failed.failure.field_path, "eye.received_at");
+        // Recorded at the Kafka timestamp, the one time the message has that can be stored.
+        assert_eq!(failed.stamp.received_at.timestamp_millis(), KAFKA_TIME_MS);
+    }
+    let edge = decide(&transport(
+        None,
+        &[("eye.received_at", Some(b"2106-02-07T06:28:15.999999Z"))],
+    ));
+    assert!(edge.is_ok(), "the last second ClickHouse holds is a time");
+}
+
+#[test]
+fn kafka_timestamps_beyond_clickhouse_datetime_are_invalid_envelopes() {
+    for timestamp_ms in [-1, i64::MIN, i64::MAX, (i64::from(u32::MAX) + 1) * 1000] {
+        let failed = decide(&transport(Some(timestamp_ms), &[])).unwrap_err();
+        assert_eq!(
+            failed.failure.error_type,
+            ErrorType::InvalidEnvelope,
+            "{timestamp_ms}"
+        );
+        assert_eq!(
+            failed.stamp.received_at.timestamp(),
+            0,
+            "stored at 1970-01-01, not wrapped"
+        );
+    }
+    assert!(decide(&transport(Some(KAFKA_TIME_MS), &[])).is_ok());
+}
+
+#[test]
+fn application_headers_that_are_not_an_id_are_invalid_envelopes_under_the_default_application() {
+    let long = "a".repeat(257);
+    for header in [&b"\xc3\x28"[..], b"", long.as_bytes()] {
+        let failed = decide(&transport(
+            Some(KAFKA_TIME_MS),
+            &[("eye.application", Some(header))],
+        ))
+        .unwrap_err();
+        assert_eq!(failed.failure.error_type, ErrorType::InvalidEnvelope);
+        assert_eq!(failed.failure.field_path, "eye.application");
+        assert_eq!(failed.stamp.application, "direct");
+    }
+    let null_value = decide(&transport(
+        Some(KAFKA_TIME_MS),
+        &[("eye.application", None)],
+    ));
+    assert_eq!(
+        null_value.unwrap_err().failure.error_type,
+        ErrorType::InvalidEnvelope
+    );
+    let longest = "a".repeat(256);
+    let valid = decide(&transport(
+        Some(KAFKA_TIME_MS),
+        &[("eye.application", Some(longest.as_bytes()))],
+    ))
+    .unwrap();
+    assert_eq!(valid.stamp.application, longest);
+}
+
+#[test]
+fn duplicate_headers_count_first_and_unreadable_event_ids_fall_back_to_the_derived_one() {
+    let first = Uuid::from_u128(1).to_string();
+    let second = Uuid::from_u128(2).to_string();
+    let valid = decide(&transport(
+        Some(KAFKA_TIME_MS),
+        &[
+            ("eye.event_id", Some(first.as_bytes())),
+            ("eye.event_id", Some(second.as_bytes())),
+            ("eye.application", Some(b"shop")),
+            ("eye.application", Some(b"blog")),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(valid.stamp.event_id.to_string(), first);
+    assert_eq!(valid.stamp.application, "shop");
+    let derived = decide(&transport(Some(KAFKA_TIME_MS), &[]))
+        .unwrap()
+        .stamp
+        .event_id;
+    for unreadable in [&b"\xff\xff"[..], b"not-a-uuid", b""] {
+        let valid = decide(&transport(
+            Some(KAFKA_TIME_MS),
+            &[("eye.event_id", Some(unreadable))],
+        ))
+        .unwrap();
+        assert_eq!(
+            valid.stamp.event_id, derived,
+            "same message, same derived id"
+        );
+    }
+}
+
+#[test]
+fn empty_values_invalid_utf8_and_deep_nesting_are_malformed_json() {
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let mut invalid_utf8 = reference("pageview").to_string().into_bytes();
+    let at = invalid_utf8.len() - 10;
+    invalid_utf8[at] = 0xff;
+    for bytes in [&b""[..], deep.as_bytes(), &invalid_utf8] {
+        let failed = validator().validate(bytes, &envelope()).unwrap_err();
+        assert_eq!(failed.failure.error_type, ErrorType::MalformedJson);
+    }
+    let mut nested = reference("pageview");
+    let mut value = json!("leaf");
+    for _ in 0..100 {
+        value = json!({ "x": value });
+    }
+    nested["data"]["path"] = value;
+    let failed = validator()
+        .validate(nested.to_string().as_bytes(), &envelope())
+        .unwrap_err();
+    assert_eq!(failed.failure.error_type, ErrorType::InvalidData);
 }

@@ -1,6 +1,8 @@
 -- Events that failed, one row per failed event with its typed reason and the message value exactly
--- as received. Sorted for error-type + time-range queries; redeliveries collapse like `events`
--- (the copy at the higher offset stays).
+-- as received. Sorted by (error_type, event_id) so that every copy of a failure collapses, like
+-- `events` (the copy at the higher offset stays): a redelivery and also a client's retry through
+-- the bridge, which carries the same event_id with a new received_at. Time-range queries prune by
+-- the monthly partitions (or read `error_counts`).
 CREATE TABLE IF NOT EXISTS event_errors
 (
     event_id UUID,
@@ -20,4 +22,4 @@ CREATE TABLE IF NOT EXISTS event_errors
 )
 ENGINE = ReplacingMergeTree(kafka_offset)
 PARTITION BY toYYYYMM(received_at)
-ORDER BY (error_type, received_at, event_id)
+ORDER BY (error_type, event_id)

@@ -57,6 +57,7 @@ async fn generated_traffic_reaches_the_processor_as_generated_over_both_targets(
     ingest.applications = vec![Application {
         id: "shop".into(),
         key_sha256: key_sha256("shop-key"),
+        ..Application::default()
     }];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1/events", listener.local_addr().unwrap());

@@ -250,3 +250,61 @@ fn read_topic_blocking(
     }
     messages
 }
+
+/// Waits until the group has committed `expected` offsets over the raw topic: every message up to
+/// there is written and its outputs published.
+pub async fn wait_for_committed(config: &ProcessorConfig, expected: i64, timeout: Duration) {
+    let group = committed_offsets(config);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let committed = group();
+        if committed == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed offsets {committed}, expected {expected} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The group's committed offsets over the raw topic, summed (partitions without one count 0).
+pub fn committed_offsets(config: &ProcessorConfig) -> impl Fn() -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.consumer.group_id)
+        .create()
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        partitions.add_partition(&config.consumer.topic, partition);
+    }
+    move || {
+        consumer
+            .committed_offsets(partitions.clone(), Duration::from_secs(10))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|element| match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// Avro's zig-zag varint.
+pub fn avro_long(value: i64) -> Vec<u8> {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    let mut bytes = Vec::new();
+    loop {
+        let byte = (zigzag & 0x7f) as u8;
+        zigzag >>= 7;
+        if zigzag == 0 {
+            bytes.push(byte);
+            return bytes;
+        }
+        bytes.push(byte | 0x80);
+    }
+}
