@@ -1,6 +1,6 @@
 //! Finding the service binaries, and installing them when they are missing: ClickHouse from
 //! Debian's packages, the Kafka-protocol broker nisshi from crates.io, and for the tests chdb from
-//! PyPI.
+//! PyPI and cargo-fuzz from crates.io.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -106,6 +106,35 @@ impl BrokerInstall {
         }
         broker().context("nisshi was installed but is not found on PATH or in ~/.cargo/bin")
     }
+}
+
+/// The cargo-fuzz release the fuzz targets are run with (it needs the nightly toolchain).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// A command on the nightly toolchain, free of the stable toolchain `cargo dev` passes down.
+pub fn nightly(program: &str) -> Command {
+    let mut command = Command::new("rustup");
+    command
+        .args(["run", BROKER_TOOLCHAIN, program])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC");
+    command
+}
+
+/// Installs cargo-fuzz unless it is there (about a minute).
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if find_binary("cargo-fuzz").is_some() {
+        return Ok(());
+    }
+    eprintln!("installing cargo-fuzz {CARGO_FUZZ_VERSION} with cargo +{BROKER_TOOLCHAIN}");
+    run(nightly("cargo").args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 /// Installs Debian's clickhouse-server and clickhouse-client unless they are there.

@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod clickhouse;
+pub mod fuzz;
 pub mod install;
 pub mod process;
 pub mod testing;

@@ -12,10 +12,10 @@ use clap::{Args, Parser, Subcommand};
 
 use eye_devenv::broker::{Broker, Storage};
 use eye_devenv::clickhouse::ClickHouseServer;
-use eye_devenv::install;
 use eye_devenv::process::{
     http_get_ok, running_pid, stop_by_pid_file, wait_until, Launch, StopOutcome,
 };
+use eye_devenv::{fuzz, install};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -57,20 +57,36 @@ enum Cmd {
     /// `up`, then build and start the ingest bridge and the processor in the background.
     Run(Ports),
     /// `run` (the broker in memory), then every benchmark of `eye bench` in turn against it:
-    /// ingest beside its producer ceiling (on the broker, then on librdkafka's mock cluster),
+    /// ingest beside its producer ceiling (on the broker, then on librdkafka's mock cluster), the
+    /// bridge under 2,000 slow clients and a flood,
     /// processor beside its consumer and clickhouse-client insert ceilings and ClickHouse's Kafka
     /// engine, end to end at 1,000 events/s, and queries over 10M events. Each prints a table.
     Bench(Ports),
     /// Install the services the tests start, run `cargo test` for the whole workspace, then the
-    /// short fault matrix (`eye chaos --short` on the debug binaries), and end with a total line
-    /// `summary: N passed, M failed` over both.
+    /// short fault matrix (`eye chaos --short` on the debug binaries), then each fuzz target for
+    /// `--fuzz-seconds`, and end with a total line `summary: N passed, M failed` over all three.
     Test {
-        /// Run only `cargo test`, not the fault matrix.
+        /// Leave out the fault matrix.
         #[arg(long)]
         skip_chaos: bool,
+        /// Leave out the fuzz targets.
+        #[arg(long)]
+        skip_fuzz: bool,
+        /// How long each fuzz target runs.
+        #[arg(long, default_value_t = 60)]
+        fuzz_seconds: u64,
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
+    },
+    /// The fuzz targets of `fuzz/` (cargo-fuzz, nightly), each from its checked-in corpus for
+    /// `--seconds`; a crash's input is kept under `.eye/fuzz/artifacts/<target>/`.
+    Fuzz {
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Targets to run (all when none): split_events, event_time, json_to_avro,
+        /// avro_single_object, validate.
+        targets: Vec<String>,
     },
     /// The fault matrix on release binaries (`eye chaos`): the whole pipeline on the durable
     /// broker under steady load from retrying clients, through processor ×5, ingest ×2 and
@@ -209,8 +225,27 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Test {
             skip_chaos,
+            skip_fuzz,
+            fuzz_seconds,
             cargo_test_args,
-        } => return test(&state, &cargo_test_args, !skip_chaos),
+        } => {
+            let fuzz_seconds = (!skip_fuzz).then_some(fuzz_seconds);
+            return test(&state, &cargo_test_args, !skip_chaos, fuzz_seconds);
+        }
+        Cmd::Fuzz { seconds, targets } => {
+            let targets = match targets.is_empty() {
+                true => fuzz::TARGETS.map(String::from).to_vec(),
+                false => targets,
+            };
+            fs::create_dir_all(&state)?;
+            fuzz::start_build(&workspace_root(), &state.join("fuzz-build.log"))?.finish()?;
+            let outcome = fuzz::run(&workspace_root(), &state, &targets, seconds)?;
+            return Ok(if outcome.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
         Cmd::Chaos { chaos_args } => {
             install::ensure_clickhouse()?;
             install::ensure_broker()?;
@@ -323,9 +358,10 @@ fn bench(ports: &Ports) -> Result<()> {
     let clickhouse = format!("http://127.0.0.1:{}", ports.clickhouse_http_port);
     let ingest = format!("http://127.0.0.1:{}/v1/events", ports.ingest_port);
     let clickhouse_tcp_port = ports.clickhouse_tcp_port.to_string();
-    let scenarios: [Vec<&str>; 5] = [
+    let scenarios: [Vec<&str>; 6] = [
         vec!["ingest", "--brokers", &kafka],
         vec!["ingest", "--mock-broker"],
+        vec!["overload", "--brokers", &kafka],
         vec![
             "processor",
             "--brokers",
@@ -375,10 +411,18 @@ fn status(state: &Path) {
     }
 }
 
-fn test(state: &Path, cargo_test_args: &[String], chaos: bool) -> Result<ExitCode> {
+fn test(
+    state: &Path,
+    cargo_test_args: &[String],
+    chaos: bool,
+    fuzz_seconds: Option<u64>,
+) -> Result<ExitCode> {
     // A missing broker builds beside the tests (see `run`).
     fs::create_dir_all(state)?;
     let broker = install::start_broker_install(Some(&state.join("nisshi-install.log")))?;
+    let fuzz_build = fuzz_seconds
+        .map(|_| fuzz::start_build(&workspace_root(), &state.join("fuzz-build.log")))
+        .transpose()?;
     install::ensure_clickhouse()?;
     install::ensure_chdb()?;
     // The arguments for cargo, not those after `--` for the test binaries.
@@ -407,6 +451,23 @@ fn test(state: &Path, cargo_test_args: &[String], chaos: bool) -> Result<ExitCod
         let mut matrix = chaos_command(false)?;
         matrix.arg("--short");
         success &= run_counting(&mut matrix, "chaos: ", &mut passed, &mut failed)?;
+    }
+    if let (Some(seconds), Some(build)) = (fuzz_seconds, fuzz_build) {
+        let targets = fuzz::TARGETS.map(String::from);
+        match build.finish() {
+            Ok(()) => {
+                let outcome = fuzz::run(&workspace_root(), state, &targets, seconds)?;
+                passed += outcome.passed;
+                failed += outcome.failed;
+                success &= outcome.failed == 0;
+            }
+            // Counted, so the summary line says the fuzz targets did not run.
+            Err(error) => {
+                println!("fuzz: 0 passed, {} failed ({error:#})", targets.len());
+                failed += targets.len() as u64;
+                success = false;
+            }
+        }
     }
     println!("summary: {passed} passed, {failed} failed");
     Ok(if success {

@@ -717,6 +717,38 @@ async fn broker_down_gives_503_with_retry_after_and_not_ready_then_202_and_ready
 }
 
 #[tokio::test]
+async fn a_hung_broker_gets_503_once_the_message_times_out_never_a_request_that_hangs() {
+    let broker = OwnedBroker::start();
+    let bridge = Bridge::start(&broker.bootstrap(), |config| {
+        config.producer.message_timeout_ms = 2_000;
+    })
+    .await;
+    let pageview = reference_event("pageview");
+    assert_eq!(
+        bridge.post_json(pageview.clone()).await.status(),
+        StatusCode::ACCEPTED
+    );
+    // SIGSTOP: connections stay open and nothing answers (unlike a broker that is down).
+    broker.signal(eye_devenv::testing::Signal::SIGSTOP).unwrap();
+    let reply =
+        tokio::time::timeout(Duration::from_secs(60), bridge.post_json(pageview.clone())).await;
+    broker.signal(eye_devenv::testing::Signal::SIGCONT).unwrap();
+    let reply = reply.expect("the request is answered while the broker hangs");
+    assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.headers().contains_key("retry-after"));
+    let mut accepted = false;
+    for _ in 0..60 {
+        if bridge.post_json(pageview.clone()).await.status() == StatusCode::ACCEPTED {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(accepted, "202 again once the broker answers");
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
 async fn concurrent_clients_every_acknowledged_event_on_the_topic_exactly_once() {
     const CLIENTS: usize = 50;
     const EVENTS_PER_CLIENT: usize = 200;

@@ -602,6 +602,64 @@ async fn a_processor_stuck_on_a_hung_clickhouse_reports_not_ready_until_it_moves
     processor.stop().await;
 }
 
+/// The processor's `eye_processor_sink_retries_total` (0 before the first retry).
+async fn sink_retries(processor: &Processor) -> u64 {
+    let metrics = reqwest::get(format!("{}/metrics", processor.health_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("eye_processor_sink_retries_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[tokio::test]
+async fn inserts_into_a_hung_clickhouse_time_out_and_are_retried_and_shutdown_is_bounded() {
+    let clickhouse = OwnedClickHouse::start();
+    let setup = Setup::new(&services().broker.bootstrap(), &clickhouse.server).await;
+    let mut config = setup.config();
+    config.clickhouse.request_timeout_ms = 1_000;
+    let processor = Processor::start(config).await;
+    let events = |from: u128| -> Vec<RawMessage> {
+        (from..from + 10)
+            .map(|index| {
+                let mut event = reference("pageview");
+                event["event_id"] = json!(Uuid::from_u128(index + 1).to_string());
+                direct(&event)
+            })
+            .collect()
+    };
+    setup.produce(&events(0)).await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events",
+            10,
+            Duration::from_secs(60),
+        )
+        .await;
+    let retries_before = sink_retries(&processor).await;
+
+    clickhouse.signal(Signal::SIGSTOP).unwrap();
+    setup.produce(&events(10)).await;
+    // Without a time-out the first insert into the stopped server waits forever: no retry.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink_retries(&processor).await < retries_before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "inserts into the hung server are not retried"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Stopping while ClickHouse still hangs: every step of the shutdown is bounded.
+    let stopped = tokio::time::timeout(Duration::from_secs(120), processor.stop()).await;
+    clickhouse.signal(Signal::SIGCONT).unwrap();
+    assert!(stopped.is_ok(), "the processor never stopped");
+}
+
 /// The SQL blocks of the README, run against a database holding known events.
 #[tokio::test]
 async fn readme_queries_return_the_right_rows() {

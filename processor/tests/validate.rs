@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Duration, Utc};
 use eye_core::schemas::{EventEnvelope, SchemaRegistry};
 use eye_processor::validate::{Envelope, ErrorType, FailedEvent, Transport, Validator};
+use proptest::prelude::*;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -524,4 +525,87 @@ fn empty_values_invalid_utf8_and_deep_nesting_are_malformed_json() {
         .validate(nested.to_string().as_bytes(), &envelope())
         .unwrap_err();
     assert_eq!(failed.failure.error_type, ErrorType::InvalidData);
+}
+
+/// Header names the decision reads, and others.
+fn header_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("eye.received_at".to_string()),
+        Just("eye.application".to_string()),
+        Just("eye.event_id".to_string()),
+        "[a-z._]{0,16}",
+    ]
+}
+
+/// Header values: times in and out of range, ids, and arbitrary bytes.
+fn header_value() -> impl Strategy<Value = Option<Vec<u8>>> {
+    proptest::option::of(prop_oneof![
+        (-10_000_000_000i64..10_000_000_000i64).prop_map(|seconds| {
+            DateTime::from_timestamp(seconds, 0)
+                .map(|at| at.to_rfc3339())
+                .unwrap_or_default()
+                .into_bytes()
+        }),
+        Just(Uuid::from_u128(42).to_string().into_bytes()),
+        proptest::collection::vec(any::<u8>(), 0..300),
+    ])
+}
+
+/// Message values: reference events with one field replaced, and arbitrary bytes.
+fn message_value() -> impl Strategy<Value = Vec<u8>> {
+    let field = prop_oneof![
+        Just("session_id"),
+        Just("timestamp"),
+        Just("category"),
+        Just("name"),
+        Just("event_id"),
+        Just("data"),
+    ];
+    let replacement = prop_oneof![
+        any::<i64>().prop_map(|number| json!(number)),
+        "\\PC{0,40}".prop_map(|text| json!(text)),
+        Just(json!(null)),
+        Just(json!({"host": "h", "path": 7})),
+    ];
+    prop_oneof![
+        (0..3usize, field, replacement).prop_map(|(which, field, replacement)| {
+            let mut event = reference(["pageview", "cta_click", "form_submit"][which]);
+            event[field] = replacement;
+            event.to_string().into_bytes()
+        }),
+        proptest::collection::vec(any::<u8>(), 0..200),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// A replay is another processor reading the same log: it must decide every message exactly
+    /// as the first did, whatever the message holds.
+    #[test]
+    fn a_replay_decides_every_message_the_same(
+        value in message_value(),
+        headers in proptest::collection::vec((header_name(), header_value()), 0..5),
+        timestamp_ms in prop_oneof![Just(1_609_492_800_000i64), any::<i64>()],
+        offset in 0..i64::MAX,
+    ) {
+        let transport = Transport {
+            topic: "eye.events.raw",
+            partition: 3,
+            offset,
+            timestamp_ms: Some(timestamp_ms),
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.as_str().into(), value.as_deref()))
+                .collect(),
+        };
+        let first = validator().validate(&value, &Envelope::of(&transport, "direct"));
+        let replay = validator().validate(&value, &Envelope::of(&transport, "direct"));
+        prop_assert_eq!(&first, &replay);
+        let stamp = match &first {
+            Ok(valid) => &valid.stamp,
+            Err(failed) => &failed.stamp,
+        };
+        prop_assert!(eye_core::timestamp::in_datetime_range(stamp.received_at));
+    }
 }

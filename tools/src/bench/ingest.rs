@@ -221,7 +221,7 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(response) = http.get(url).send().await {

@@ -3,6 +3,7 @@
 
 mod e2e;
 mod ingest;
+mod overload;
 mod processor;
 mod queries;
 
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 pub use e2e::E2eBench;
 pub use ingest::IngestBench;
+pub use overload::OverloadBench;
 pub use processor::ProcessorBench;
 pub use queries::QueriesBench;
 
@@ -31,6 +33,10 @@ pub enum Bench {
     /// Query latency and rows read (from `system.query_log`) of the README's questions over a
     /// fresh database filled with generated events (through the same tables and views).
     Queries(QueriesBench),
+    /// Start an ingest bridge (release binary) and put it under 2,000 slow clients, then under a
+    /// flood of batched requests far beyond what it can produce: its peak memory, its replies,
+    /// `/healthz` latency meanwhile, and whether every accepted event is on the topic.
+    Overload(OverloadBench),
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -39,6 +45,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Processor(args) => processor::run(args).await,
         Bench::E2e(args) => e2e::run(args).await,
         Bench::Queries(args) => queries::run(args).await,
+        Bench::Overload(args) => overload::run(args).await,
     }
 }
 

@@ -1,0 +1,266 @@
+//! Overload: a bridge of its own (the release binary) under many slow clients, then under a flood
+//! of batched requests far beyond what it can produce. Prints the bridge's peak resident memory,
+//! how its replies split, how fast `/healthz` answered meanwhile, and whether every accepted
+//! event is on the topic.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Args;
+use eye_core::kafka::create_topics;
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use serde_json::Value as Json;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::{peak_rss_kib, reference_events, Service};
+
+#[derive(Args)]
+pub struct OverloadBench {
+    #[arg(long, default_value = "target/release/eye-ingest")]
+    ingest_bin: PathBuf,
+    /// The bridge's settings file (its applications, keys and limits); the bench sets its
+    /// address, broker and topic.
+    #[arg(long, default_value = "config/ingest.toml")]
+    ingest_config: PathBuf,
+    #[arg(long, default_value = "eye-local-dev-key")]
+    api_key: String,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Connections that send their headers and then a byte of body every second.
+    #[arg(long, default_value_t = 2000)]
+    slow_clients: usize,
+    /// Requests the flood offers per second (batched: `--batch-size` events each).
+    #[arg(long, default_value_t = 600)]
+    flood_requests_per_second: u64,
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+}
+
+/// Replies by status (0: no reply), and `/healthz` latency.
+struct Observed {
+    statuses: BTreeMap<u16, u64>,
+    accepted_events: u64,
+    health_us: Histogram<u64>,
+}
+
+pub async fn run(args: OverloadBench) -> anyhow::Result<()> {
+    if !args.ingest_bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release --bin eye-ingest`",
+            args.ingest_bin.display()
+        );
+    }
+    let topic = format!("eye.bench.overload.{}", Uuid::now_v7().simple());
+    create_topics(&args.brokers, &[&topic], 4).await?;
+    let port = eye_devenv::free_port();
+    let bridge = Service::spawn(
+        Command::new(&args.ingest_bin)
+            .arg("--config")
+            .arg(&args.ingest_config)
+            .env("EYE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("EYE_KAFKA__BROKERS", &args.brokers)
+            .env("EYE_PRODUCER__TOPIC", &topic),
+    )?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    super::ingest::wait_ready(&http, &format!("{base}/readyz")).await?;
+    let idle_rss = peak_rss_kib(bridge.pid());
+    println!("bridge peak RSS at rest: {} MiB", idle_rss / 1024);
+    println!("| scenario | offered | replies by status | accepted events | /healthz p50 ms | p99 ms | max ms | bridge peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+
+    let observed = slow_clients(&args, port, &base).await?;
+    print_row(
+        "slow clients",
+        &format!("{} connections, 1 byte/s", args.slow_clients),
+        &observed,
+        peak_rss_kib(bridge.pid()),
+    );
+    let observed = flood(&args, &base).await?;
+    print_row(
+        "flood",
+        &format!(
+            "{} requests/s × {} events",
+            args.flood_requests_per_second, args.batch_size
+        ),
+        &observed,
+        peak_rss_kib(bridge.pid()),
+    );
+    let on_topic = messages_on(&args.brokers, &topic)?;
+    println!(
+        "events on the topic: {on_topic}; accepted (202) in the flood: {}",
+        observed.accepted_events
+    );
+    Ok(())
+}
+
+/// Sends `/healthz` every 50 ms until `until`, recording each answer's latency (a failed one as
+/// 10 s).
+async fn probe_health(http: reqwest::Client, url: String, until: Instant) -> Histogram<u64> {
+    let mut latency = Histogram::<u64>::new(3).expect("histogram");
+    while Instant::now() < until {
+        let sent = Instant::now();
+        let answered = tokio::time::timeout(Duration::from_secs(10), http.get(&url).send())
+            .await
+            .is_ok_and(|response| response.is_ok_and(|response| response.status().is_success()));
+        let micros = if answered {
+            sent.elapsed().as_micros() as u64
+        } else {
+            10_000_000
+        };
+        latency.record(micros.max(1)).expect("in range");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    latency
+}
+
+async fn slow_clients(args: &OverloadBench, port: u16, base: &str) -> anyhow::Result<Observed> {
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let health = tokio::spawn(probe_health(
+        reqwest::Client::new(),
+        format!("{base}/healthz"),
+        until,
+    ));
+    let statuses = Arc::new(Mutex::new(BTreeMap::<u16, u64>::new()));
+    let mut clients = Vec::new();
+    for _ in 0..args.slow_clients {
+        let (key, statuses) = (args.api_key.clone(), statuses.clone());
+        clients.push(tokio::spawn(async move {
+            let status = slow_request(port, &key, until).await.unwrap_or(0);
+            *statuses.lock().await.entry(status).or_default() += 1;
+        }));
+    }
+    for client in clients {
+        client.await?;
+    }
+    let statuses = statuses.lock().await.clone();
+    Ok(Observed {
+        statuses,
+        accepted_events: 0,
+        health_us: health.await?,
+    })
+}
+
+/// One request whose body trickles in a byte a second until the bridge answers or `until`; the
+/// status the bridge answered, 0 if none.
+async fn slow_request(port: u16, key: &str, until: Instant) -> anyhow::Result<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n["
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut reply = [0u8; 64];
+    while Instant::now() < until {
+        tokio::select! {
+            read = stream.read(&mut reply) => {
+                let read = read?;
+                let text = String::from_utf8_lossy(&reply[..read]);
+                return Ok(text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0));
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if stream.write_all(b" ").await.is_err() {
+                    return Ok(0);
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn flood(args: &OverloadBench, base: &str) -> anyhow::Result<Observed> {
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let health = tokio::spawn(probe_health(
+        reqwest::Client::new(),
+        format!("{base}/healthz"),
+        until,
+    ));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let body: Arc<String> = Arc::new(Json::Array(reference_events(args.batch_size)).to_string());
+    let statuses = Arc::new(Mutex::new(BTreeMap::<u16, u64>::new()));
+    let mut requests = Vec::new();
+    let mut pace = tokio::time::interval(Duration::from_secs_f64(
+        1.0 / args.flood_requests_per_second as f64,
+    ));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    // Open loop: requests are offered at the rate whatever the replies take.
+    while Instant::now() < until {
+        pace.tick().await;
+        let (http, url, key, body, statuses) = (
+            http.clone(),
+            format!("{base}/v1/events"),
+            args.api_key.clone(),
+            body.clone(),
+            statuses.clone(),
+        );
+        requests.push(tokio::spawn(async move {
+            let status = http
+                .post(&url)
+                .bearer_auth(&key)
+                .header("content-type", "application/json")
+                .body(body.as_str().to_owned())
+                .send()
+                .await
+                .map_or(0, |response| response.status().as_u16());
+            *statuses.lock().await.entry(status).or_default() += 1;
+        }));
+    }
+    for request in requests {
+        request.await?;
+    }
+    let statuses = statuses.lock().await.clone();
+    let accepted_events = statuses.get(&202).copied().unwrap_or(0) * args.batch_size as u64;
+    Ok(Observed {
+        statuses,
+        accepted_events,
+        health_us: health.await?,
+    })
+}
+
+/// Messages on the topic: the sum of its partitions' high watermarks.
+fn messages_on(brokers: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let mut total = 0;
+    for partition in 0..4 {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        total += high - low;
+    }
+    Ok(total)
+}
+
+fn print_row(scenario: &str, offered: &str, observed: &Observed, peak_rss_kib: u64) {
+    let statuses = observed
+        .statuses
+        .iter()
+        .map(|(status, count)| match status {
+            0 => format!("no reply {count}"),
+            status => format!("{status}: {count}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ms = |quantile: f64| observed.health_us.value_at_quantile(quantile) as f64 / 1000.0;
+    println!(
+        "| {scenario} | {offered} | {statuses} | {} | {:.1} | {:.1} | {:.1} | {} |",
+        observed.accepted_events,
+        ms(0.5),
+        ms(0.99),
+        observed.health_us.max() as f64 / 1000.0,
+        peak_rss_kib / 1024
+    );
+}
