@@ -15,6 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::config::ProducerSettings;
@@ -105,7 +106,9 @@ pub fn client_config(kafka: &KafkaSettings, settings: &ProducerSettings) -> Clie
 pub struct EventProducer {
     producer: FutureProducer<BrokerWatch>,
     topic: String,
-    queue_max_events: usize,
+    /// A permit per event the producer queue may hold (`queue_max_events`): a request takes all
+    /// of its events' permits or none, so a full queue refuses it before any of it is produced.
+    queue: Arc<Semaphore>,
     max_event_bytes: usize,
     broker_up: Arc<AtomicBool>,
 }
@@ -120,7 +123,7 @@ impl EventProducer {
         Ok(Self {
             producer,
             topic: settings.topic.clone(),
-            queue_max_events: settings.queue_max_events as usize,
+            queue: Arc::new(Semaphore::new(settings.queue_max_events as usize)),
             max_event_bytes: settings.max_event_bytes,
             broker_up,
         })
@@ -169,9 +172,11 @@ impl EventProducer {
         if !self.broker_reachable() {
             return Err(ProduceError::BrokerUnavailable);
         }
-        if self.producer.in_flight_count() as usize + events.len() > self.queue_max_events {
-            return Err(ProduceError::QueueFull);
-        }
+        // Held until every delivery of the request is reported, as librdkafka holds the events.
+        let _queued = u32::try_from(events.len())
+            .ok()
+            .and_then(|events| self.queue.clone().try_acquire_many_owned(events).ok())
+            .ok_or(ProduceError::QueueFull)?;
         let started = Instant::now();
         let mut deliveries = Vec::with_capacity(events.len());
         let mut refused = None;

@@ -749,6 +749,49 @@ async fn a_hung_broker_gets_503_once_the_message_times_out_never_a_request_that_
 }
 
 #[tokio::test]
+async fn a_full_producer_queue_refuses_a_request_at_once_and_produces_none_of_it() {
+    let broker = OwnedBroker::start();
+    let bridge = Bridge::start(&broker.bootstrap(), |config| {
+        config.producer.queue_max_events = 3;
+        config.producer.message_timeout_ms = 20_000;
+    })
+    .await;
+    // A hung broker keeps the first request's three events queued.
+    broker.signal(eye_devenv::testing::Signal::SIGSTOP).unwrap();
+    let batch = format!("[{}]", reference_events().join(","));
+    let first = tokio::spawn(
+        bridge
+            .post()
+            .header("content-type", "application/json")
+            .body(batch)
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused_id = Uuid::new_v4();
+    let mut refused_event: serde_json::Value =
+        serde_json::from_str(&reference_event("pageview")).unwrap();
+    refused_event["event_id"] = serde_json::json!(refused_id.to_string());
+    let refused = bridge.post_json(refused_event.to_string()).await;
+    broker.signal(eye_devenv::testing::Signal::SIGCONT).unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "queue_full");
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::ACCEPTED);
+    let sentinel = bridge.post_json(reference_event("cta_click")).await;
+    assert_eq!(sentinel.status(), StatusCode::ACCEPTED);
+    let messages = bridge.messages(4);
+    assert_eq!(
+        messages.len(),
+        4,
+        "the batch and the sentinel, nothing of the refused request"
+    );
+    assert!(messages
+        .iter()
+        .all(|message| header(message, EVENT_ID_HEADER) != refused_id.to_string()));
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
 async fn concurrent_clients_every_acknowledged_event_on_the_topic_exactly_once() {
     const CLIENTS: usize = 50;
     const EVENTS_PER_CLIENT: usize = 200;

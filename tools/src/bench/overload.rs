@@ -3,7 +3,7 @@
 //! how its replies split, how fast `/healthz` answered meanwhile, and whether every accepted
 //! event is on the topic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -14,7 +14,10 @@ use clap::Args;
 use eye_core::kafka::create_topics;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use eye_core::raw::EVENT_ID_HEADER;
+use eye_ingest::routes::Accepted;
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value as Json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -47,10 +50,12 @@ pub struct OverloadBench {
     seconds: u64,
 }
 
-/// Replies by status (0: no reply), and `/healthz` latency.
+/// Replies by status and reason (`202`, `503 overloaded`, `none` for no reply), and `/healthz`
+/// latency.
 struct Observed {
-    statuses: BTreeMap<u16, u64>,
-    accepted_events: u64,
+    statuses: BTreeMap<String, u64>,
+    /// The event ids of every 202.
+    accepted: Vec<Uuid>,
     health_us: Histogram<u64>,
 }
 
@@ -97,10 +102,17 @@ pub async fn run(args: OverloadBench) -> anyhow::Result<()> {
         &observed,
         peak_rss_kib(bridge.pid()),
     );
-    let on_topic = messages_on(&args.brokers, &topic)?;
+    let on_topic: HashSet<Uuid> = event_ids_on(&args.brokers, &topic)?.into_iter().collect();
+    let lost = observed
+        .accepted
+        .iter()
+        .filter(|id| !on_topic.contains(id))
+        .count();
     println!(
-        "events on the topic: {on_topic}; accepted (202) in the flood: {}",
-        observed.accepted_events
+        "accepted (202) events: {}, of them not on the topic: {lost}; on the topic besides them: {} \
+         (events of requests answered 503 after part of them reached the broker)",
+        observed.accepted.len(),
+        on_topic.len().saturating_sub(observed.accepted.len() - lost)
     );
     Ok(())
 }
@@ -132,12 +144,14 @@ async fn slow_clients(args: &OverloadBench, port: u16, base: &str) -> anyhow::Re
         format!("{base}/healthz"),
         until,
     ));
-    let statuses = Arc::new(Mutex::new(BTreeMap::<u16, u64>::new()));
+    let statuses = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let mut clients = Vec::new();
     for _ in 0..args.slow_clients {
         let (key, statuses) = (args.api_key.clone(), statuses.clone());
         clients.push(tokio::spawn(async move {
-            let status = slow_request(port, &key, until).await.unwrap_or(0);
+            let status = slow_request(port, &key, until)
+                .await
+                .unwrap_or_else(|_| "none".into());
             *statuses.lock().await.entry(status).or_default() += 1;
         }));
     }
@@ -147,14 +161,14 @@ async fn slow_clients(args: &OverloadBench, port: u16, base: &str) -> anyhow::Re
     let statuses = statuses.lock().await.clone();
     Ok(Observed {
         statuses,
-        accepted_events: 0,
+        accepted: Vec::new(),
         health_us: health.await?,
     })
 }
 
 /// One request whose body trickles in a byte a second until the bridge answers or `until`; the
-/// status the bridge answered, 0 if none.
-async fn slow_request(port: u16, key: &str, until: Instant) -> anyhow::Result<u16> {
+/// status and reason the bridge answered, `none` if it did not.
+async fn slow_request(port: u16, key: &str, until: Instant) -> anyhow::Result<String> {
     use tokio::io::AsyncReadExt;
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let head = format!(
@@ -162,22 +176,40 @@ async fn slow_request(port: u16, key: &str, until: Instant) -> anyhow::Result<u1
          Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n["
     );
     stream.write_all(head.as_bytes()).await?;
-    let mut reply = [0u8; 64];
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 1024];
     while Instant::now() < until {
         tokio::select! {
-            read = stream.read(&mut reply) => {
+            read = stream.read(&mut buffer) => {
                 let read = read?;
-                let text = String::from_utf8_lossy(&reply[..read]);
-                return Ok(text.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0));
+                reply.extend_from_slice(&buffer[..read]);
+                let text = String::from_utf8_lossy(&reply);
+                // The reply is complete once its JSON body has closed.
+                if read == 0 || text.trim_end().ends_with('}') {
+                    let status = text.split(' ').nth(1).unwrap_or("none");
+                    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+                    return Ok(labelled(status, body));
+                }
             }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 if stream.write_all(b" ").await.is_err() {
-                    return Ok(0);
+                    return Ok("none".into());
                 }
             }
         }
     }
-    Ok(0)
+    Ok("none".into())
+}
+
+/// `202`, or the status and the reply's stable reason, e.g. `503 overloaded`.
+fn labelled(status: &str, body: &str) -> String {
+    let reason = serde_json::from_str::<Json>(body)
+        .ok()
+        .and_then(|body| body["error"].as_str().map(str::to_string));
+    match reason {
+        Some(reason) => format!("{status} {reason}"),
+        None => status.to_string(),
+    }
 }
 
 async fn flood(args: &OverloadBench, base: &str) -> anyhow::Result<Observed> {
@@ -191,7 +223,8 @@ async fn flood(args: &OverloadBench, base: &str) -> anyhow::Result<Observed> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let body: Arc<String> = Arc::new(Json::Array(reference_events(args.batch_size)).to_string());
-    let statuses = Arc::new(Mutex::new(BTreeMap::<u16, u64>::new()));
+    let statuses = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let accepted = Arc::new(Mutex::new(Vec::<Uuid>::new()));
     let mut requests = Vec::new();
     let mut pace = tokio::time::interval(Duration::from_secs_f64(
         1.0 / args.flood_requests_per_second as f64,
@@ -200,22 +233,33 @@ async fn flood(args: &OverloadBench, base: &str) -> anyhow::Result<Observed> {
     // Open loop: requests are offered at the rate whatever the replies take.
     while Instant::now() < until {
         pace.tick().await;
-        let (http, url, key, body, statuses) = (
+        let (http, url, key, body, statuses, accepted) = (
             http.clone(),
             format!("{base}/v1/events"),
             args.api_key.clone(),
             body.clone(),
             statuses.clone(),
+            accepted.clone(),
         );
         requests.push(tokio::spawn(async move {
-            let status = http
+            let status = match http
                 .post(&url)
                 .bearer_auth(&key)
                 .header("content-type", "application/json")
                 .body(body.as_str().to_owned())
                 .send()
                 .await
-                .map_or(0, |response| response.status().as_u16());
+            {
+                Ok(response) => {
+                    let status = response.status().as_u16().to_string();
+                    let text = response.text().await.unwrap_or_default();
+                    if let Ok(reply) = serde_json::from_str::<Accepted>(&text) {
+                        accepted.lock().await.extend(reply.event_ids);
+                    }
+                    labelled(&status, &text)
+                }
+                Err(_) => "none".into(),
+            };
             *statuses.lock().await.entry(status).or_default() += 1;
         }));
     }
@@ -223,41 +267,61 @@ async fn flood(args: &OverloadBench, base: &str) -> anyhow::Result<Observed> {
         request.await?;
     }
     let statuses = statuses.lock().await.clone();
-    let accepted_events = statuses.get(&202).copied().unwrap_or(0) * args.batch_size as u64;
+    let accepted = accepted.lock().await.clone();
     Ok(Observed {
         statuses,
-        accepted_events,
+        accepted,
         health_us: health.await?,
     })
 }
 
-/// Messages on the topic: the sum of its partitions' high watermarks.
-fn messages_on(brokers: &str, topic: &str) -> anyhow::Result<i64> {
+/// The event id of every message on the topic (read from the beginning to the end of each
+/// partition).
+fn event_ids_on(brokers: &str, topic: &str) -> anyhow::Result<Vec<Uuid>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("group.id", format!("eye-bench-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
         .create()?;
-    let mut total = 0;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0i64;
     for partition in 0..4 {
         let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        total += high - low;
+        remaining += high - low;
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
     }
-    Ok(total)
+    consumer.assign(&assignment)?;
+    let mut ids = Vec::with_capacity(remaining as usize);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while remaining > 0 && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        remaining -= 1;
+        let id = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|header| header.key == EVENT_ID_HEADER)
+                .and_then(|header| header.value)
+                .and_then(|value| Uuid::try_parse_ascii(value).ok())
+        });
+        ids.extend(id);
+    }
+    Ok(ids)
 }
 
 fn print_row(scenario: &str, offered: &str, observed: &Observed, peak_rss_kib: u64) {
     let statuses = observed
         .statuses
         .iter()
-        .map(|(status, count)| match status {
-            0 => format!("no reply {count}"),
-            status => format!("{status}: {count}"),
-        })
+        .map(|(status, count)| format!("{status}: {count}"))
         .collect::<Vec<_>>()
         .join(", ");
     let ms = |quantile: f64| observed.health_us.value_at_quantile(quantile) as f64 / 1000.0;
     println!(
         "| {scenario} | {offered} | {statuses} | {} | {:.1} | {:.1} | {:.1} | {} |",
-        observed.accepted_events,
+        observed.accepted.len(),
         ms(0.5),
         ms(0.99),
         observed.health_us.max() as f64 / 1000.0,
