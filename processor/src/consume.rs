@@ -531,12 +531,16 @@ impl Pipeline {
         tokio::pin!(stop);
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
+        let mut isolated = false;
         loop {
             match self.insert(batch).await {
                 Ok(()) => break,
-                Err(SinkError::Permanent(error)) => {
+                // Once: a refusal that outlives isolating the refused rows is no row's fault,
+                // and is retried with backoff (readiness false) rather than isolated again.
+                Err(SinkError::Permanent(error)) if !isolated => {
                     warn!(%error, "ClickHouse refused a batch; writing its rows one by one");
                     self.isolate_refused_rows(batch).await;
+                    isolated = true;
                 }
                 Err(error) => {
                     self.readiness.set_outputs_healthy(false);

@@ -553,6 +553,35 @@ async fn readiness_is_false_while_the_broker_is_down_and_true_once_it_is_back() 
     processor.stop().await;
 }
 
+/// A broker that hangs (SIGSTOP) instead of refusing: connections stay open and nothing answers.
+#[tokio::test]
+async fn a_hung_broker_makes_the_processor_not_ready_and_its_shutdown_is_bounded() {
+    let broker = OwnedBroker::start();
+    let setup = Setup::new(&broker.bootstrap(), &services().clickhouse).await;
+    let mut config = setup.config();
+    // How long librdkafka waits for any answer before it drops the connection.
+    config
+        .kafka
+        .librdkafka
+        .insert("socket.timeout.ms".into(), "5000".into());
+    let processor = Processor::start(config).await;
+    setup.produce(&[direct(&reference("pageview"))]).await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events",
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+    wait_for_readiness(&processor, true, "", Duration::from_secs(30)).await;
+
+    broker.signal(Signal::SIGSTOP).unwrap();
+    wait_for_readiness(&processor, false, "Kafka broker", Duration::from_secs(90)).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(120), processor.stop()).await;
+    broker.signal(Signal::SIGCONT).unwrap();
+    assert!(stopped.is_ok(), "the processor never stopped");
+}
+
 /// A ClickHouse that hangs (SIGSTOP) instead of refusing: the write neither fails nor ends, and
 /// only the standing offsets show it.
 #[tokio::test]
