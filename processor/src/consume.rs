@@ -41,6 +41,8 @@ use crate::validate::{Envelope, ErrorType, FailedEvent, Transport, ValidEvent, V
 use eye_core::timestamp::split_seconds;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the final commit and the consumer's close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often caught-up partitions are reported to `ingest_watermarks` while no batch is written,
 /// so an idle partition does not hold back how far the data is known to be complete.
 const IDLE_REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -470,10 +472,14 @@ impl Pipeline {
         {
             warn!("session updates not published at shutdown; their batch will be read again");
         }
-        match self.source {
-            Source::Group => self.commit_stored(),
-            Source::Range { .. } => self.report_range_end().await,
-        }
+        let stored = match self.source {
+            Source::Group => self.stored_offsets(),
+            Source::Range { .. } => {
+                self.report_range_end().await;
+                TopicPartitionList::new()
+            }
+        };
+        close_within(self.consumer, stored, CLOSE_TIMEOUT).await;
         info!("processor stopped");
     }
 
@@ -781,22 +787,42 @@ impl Pipeline {
         lock(&self.progress).stored.extend(next_offsets);
     }
 
-    fn commit_stored(&self) {
-        let stored = lock(&self.progress).stored.clone();
-        if stored.is_empty() {
-            return;
-        }
+    /// The offsets stored for commit, as a list for the final commit.
+    fn stored_offsets(&self) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
-        for (&partition, &offset) in &stored {
+        for (&partition, &offset) in &lock(&self.progress).stored {
             let _ = list.add_partition_offset(
                 &self.config.consumer.topic,
                 partition,
                 Offset::Offset(offset),
             );
         }
-        if let Err(error) = self.consumer.commit(&list, CommitMode::Sync) {
-            warn!(%error, "committing offsets at shutdown");
+        list
+    }
+}
+
+/// Commits `stored` and closes the consumer (leaving the group) on a thread of its own, waiting
+/// for them at most `timeout`: against a broker that hangs, librdkafka's synchronous commit and
+/// its close never return. The group then resumes from the last periodic commit (at most a
+/// second older), and those messages are written again, collapsed by event_id.
+async fn close_within(
+    consumer: StreamConsumer<PipelineContext>,
+    stored: TopicPartitionList,
+    timeout: Duration,
+) {
+    let (closed, on_closed) = tokio::sync::oneshot::channel();
+    // Detached: a process exiting does not wait for it.
+    std::thread::spawn(move || {
+        if stored.count() > 0 {
+            if let Err(error) = consumer.commit(&stored, CommitMode::Sync) {
+                warn!(%error, "committing offsets at shutdown");
+            }
         }
+        drop(consumer);
+        let _ = closed.send(());
+    });
+    if tokio::time::timeout(timeout, on_closed).await.is_err() {
+        warn!(?timeout, "the broker did not answer the final commit and close in time; left to the group's last commit");
     }
 }
 

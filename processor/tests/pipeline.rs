@@ -554,7 +554,8 @@ async fn readiness_is_false_while_the_broker_is_down_and_true_once_it_is_back() 
 }
 
 /// A broker that hangs (SIGSTOP) instead of refusing: connections stay open and nothing answers.
-#[tokio::test]
+// Two workers: a call that blocks one (the fault looked for) leaves the time-out running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_broker_makes_the_processor_not_ready_and_its_shutdown_is_bounded() {
     let broker = OwnedBroker::start();
     let setup = Setup::new(&broker.bootstrap(), &services().clickhouse).await;
@@ -578,6 +579,28 @@ async fn a_hung_broker_makes_the_processor_not_ready_and_its_shutdown_is_bounded
     broker.signal(Signal::SIGSTOP).unwrap();
     wait_for_readiness(&processor, false, "Kafka broker", Duration::from_secs(90)).await;
     let stopped = tokio::time::timeout(Duration::from_secs(120), processor.stop()).await;
+    broker.signal(Signal::SIGCONT).unwrap();
+    assert!(stopped.is_ok(), "the processor never stopped");
+}
+
+// Two workers: a call that blocks one (the fault looked for) leaves the time-out running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_right_after_the_broker_hangs_is_bounded() {
+    let broker = OwnedBroker::start();
+    let setup = Setup::new(&broker.bootstrap(), &services().clickhouse).await;
+    let processor = Processor::start(setup.config()).await;
+    setup.produce(&[direct(&reference("pageview"))]).await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events",
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+    // Written offsets are stored by now: the shutdown commit has something to send.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.signal(Signal::SIGSTOP).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), processor.stop()).await;
     broker.signal(Signal::SIGCONT).unwrap();
     assert!(stopped.is_ok(), "the processor never stopped");
 }
