@@ -119,6 +119,17 @@ impl Bridge {
             .unwrap()
     }
 
+    /// Whether `body` gets a 202 within `attempts` tries, `pause` apart.
+    async fn accepted_within(&self, body: String, attempts: usize, pause: Duration) -> bool {
+        for _ in 0..attempts {
+            if self.post_json(body.clone()).await.status() == StatusCode::ACCEPTED {
+                return true;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        false
+    }
+
     /// Every message on the topic once `expected` have arrived (and a moment more, so extra
     /// messages would be seen too).
     fn messages(&self, expected: usize) -> Vec<OwnedMessage> {
@@ -373,14 +384,9 @@ async fn past_the_concurrency_limit_a_request_gets_503_at_once_and_health_answer
         "health is outside the limit"
     );
     drop((_first, _second));
-    let mut accepted = false;
-    for _ in 0..100 {
-        if bridge.post_json(reference_event("pageview")).await.status() == StatusCode::ACCEPTED {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let accepted = bridge
+        .accepted_within(reference_event("pageview"), 100, Duration::from_millis(50))
+        .await;
     assert!(accepted, "slots come back when the stalled clients go");
     bridge.shutdown().await;
 }
@@ -697,14 +703,9 @@ async fn broker_down_gives_503_with_retry_after_and_not_ready_then_202_and_ready
     assert_eq!(readiness.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     broker.resume();
-    let mut accepted = false;
-    for _ in 0..60 {
-        if bridge.post_json(pageview.clone()).await.status() == StatusCode::ACCEPTED {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let accepted = bridge
+        .accepted_within(pageview.clone(), 60, Duration::from_millis(500))
+        .await;
     assert!(accepted, "202 again once the broker is back");
     let readiness = bridge
         .http
@@ -736,14 +737,9 @@ async fn a_hung_broker_gets_503_once_the_message_times_out_never_a_request_that_
     let reply = reply.expect("the request is answered while the broker hangs");
     assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(reply.headers().contains_key("retry-after"));
-    let mut accepted = false;
-    for _ in 0..60 {
-        if bridge.post_json(pageview.clone()).await.status() == StatusCode::ACCEPTED {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let accepted = bridge
+        .accepted_within(pageview.clone(), 60, Duration::from_millis(500))
+        .await;
     assert!(accepted, "202 again once the broker answers");
     bridge.shutdown().await;
 }

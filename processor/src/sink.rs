@@ -223,8 +223,7 @@ impl ClickHouseSink {
         &self,
         rows: impl Iterator<Item = &'a ErrorRow>,
     ) -> Result<(), SinkError> {
-        let rows: Vec<&ErrorRow> = rows.collect();
-        for group in by_partition(rows.iter().copied(), |row| month(row.received_at)) {
+        for group in by_partition(rows, |row| month(row.received_at)) {
             self.insert("event_errors", group.into_iter()).await?;
         }
         Ok(())

@@ -531,11 +531,12 @@ async fn wait_for_readiness(processor: &Processor, ready: bool, reason: &str, ti
     );
 }
 
-#[tokio::test]
-async fn readiness_is_false_while_the_broker_is_down_and_true_once_it_is_back() {
-    let mut broker = OwnedBroker::start();
-    let setup = Setup::new(&broker.bootstrap(), &services().clickhouse).await;
-    let processor = Processor::start(setup.config()).await;
+/// The processor, started once one event it read is in `events`.
+async fn start_with_one_event(
+    setup: &Setup,
+    config: eye_processor::config::ProcessorConfig,
+) -> Processor {
+    let processor = Processor::start(config).await;
     setup.produce(&[direct(&reference("pageview"))]).await;
     setup
         .wait_for_count(
@@ -544,6 +545,14 @@ async fn readiness_is_false_while_the_broker_is_down_and_true_once_it_is_back() 
             Duration::from_secs(60),
         )
         .await;
+    processor
+}
+
+#[tokio::test]
+async fn readiness_is_false_while_the_broker_is_down_and_true_once_it_is_back() {
+    let mut broker = OwnedBroker::start();
+    let setup = Setup::new(&broker.bootstrap(), &services().clickhouse).await;
+    let processor = start_with_one_event(&setup, setup.config()).await;
     wait_for_readiness(&processor, true, "", Duration::from_secs(30)).await;
 
     broker.halt();
@@ -565,15 +574,7 @@ async fn a_hung_broker_makes_the_processor_not_ready_and_its_shutdown_is_bounded
         .kafka
         .librdkafka
         .insert("socket.timeout.ms".into(), "5000".into());
-    let processor = Processor::start(config).await;
-    setup.produce(&[direct(&reference("pageview"))]).await;
-    setup
-        .wait_for_count(
-            "SELECT count() FROM {db}.events",
-            1,
-            Duration::from_secs(60),
-        )
-        .await;
+    let processor = start_with_one_event(&setup, config).await;
     wait_for_readiness(&processor, true, "", Duration::from_secs(30)).await;
 
     broker.signal(Signal::SIGSTOP).unwrap();
@@ -588,21 +589,24 @@ async fn a_hung_broker_makes_the_processor_not_ready_and_its_shutdown_is_bounded
 async fn stopping_right_after_the_broker_hangs_is_bounded() {
     let broker = OwnedBroker::start();
     let setup = Setup::new(&broker.bootstrap(), &services().clickhouse).await;
-    let processor = Processor::start(setup.config()).await;
-    setup.produce(&[direct(&reference("pageview"))]).await;
-    setup
-        .wait_for_count(
-            "SELECT count() FROM {db}.events",
-            1,
-            Duration::from_secs(60),
-        )
-        .await;
+    let processor = start_with_one_event(&setup, setup.config()).await;
     // Written offsets are stored by now: the shutdown commit has something to send.
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker.signal(Signal::SIGSTOP).unwrap();
     let stopped = tokio::time::timeout(Duration::from_secs(60), processor.stop()).await;
     broker.signal(Signal::SIGCONT).unwrap();
     assert!(stopped.is_ok(), "the processor never stopped");
+}
+
+/// Ten pageviews with the event ids `from + 1 ..= from + 10`.
+fn ten_pageviews(from: u128) -> Vec<RawMessage> {
+    (from..from + 10)
+        .map(|index| {
+            let mut event = reference("pageview");
+            event["event_id"] = json!(Uuid::from_u128(index + 1).to_string());
+            direct(&event)
+        })
+        .collect()
 }
 
 /// A ClickHouse that hangs (SIGSTOP) instead of refusing: the write neither fails nor ends, and
@@ -614,16 +618,7 @@ async fn a_processor_stuck_on_a_hung_clickhouse_reports_not_ready_until_it_moves
     let mut config = setup.config();
     config.consumer.stalled_after_ms = 3_000;
     let processor = Processor::start(config).await;
-    let events = |from: u64| -> Vec<RawMessage> {
-        (from..from + 10)
-            .map(|index| {
-                let mut event = reference("pageview");
-                event["event_id"] = json!(Uuid::from_u128(index as u128 + 1).to_string());
-                direct(&event)
-            })
-            .collect()
-    };
-    setup.produce(&events(0)).await;
+    setup.produce(&ten_pageviews(0)).await;
     setup
         .wait_for_count(
             "SELECT count() FROM {db}.events",
@@ -634,7 +629,7 @@ async fn a_processor_stuck_on_a_hung_clickhouse_reports_not_ready_until_it_moves
     wait_for_readiness(&processor, true, "", Duration::from_secs(30)).await;
 
     clickhouse.signal(Signal::SIGSTOP).unwrap();
-    setup.produce(&events(10)).await;
+    setup.produce(&ten_pageviews(10)).await;
     wait_for_readiness(
         &processor,
         false,
@@ -676,16 +671,7 @@ async fn inserts_into_a_hung_clickhouse_time_out_and_are_retried_and_shutdown_is
     let mut config = setup.config();
     config.clickhouse.request_timeout_ms = 1_000;
     let processor = Processor::start(config).await;
-    let events = |from: u128| -> Vec<RawMessage> {
-        (from..from + 10)
-            .map(|index| {
-                let mut event = reference("pageview");
-                event["event_id"] = json!(Uuid::from_u128(index + 1).to_string());
-                direct(&event)
-            })
-            .collect()
-    };
-    setup.produce(&events(0)).await;
+    setup.produce(&ten_pageviews(0)).await;
     setup
         .wait_for_count(
             "SELECT count() FROM {db}.events",
@@ -696,7 +682,7 @@ async fn inserts_into_a_hung_clickhouse_time_out_and_are_retried_and_shutdown_is
     let retries_before = sink_retries(&processor).await;
 
     clickhouse.signal(Signal::SIGSTOP).unwrap();
-    setup.produce(&events(10)).await;
+    setup.produce(&ten_pageviews(10)).await;
     // Without a time-out the first insert into the stopped server waits forever: no retry.
     let deadline = Instant::now() + Duration::from_secs(60);
     while sink_retries(&processor).await < retries_before + 2 {
