@@ -5,11 +5,13 @@ use std::ffi::CStr;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::bindings as native;
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Message};
+use rdkafka::{ClientConfig, Message, TopicPartitionList};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -89,6 +91,52 @@ pub fn headers_of<'m>(message: &'m BorrowedMessage<'_>) -> Vec<(Cow<'m, str>, Op
             }
         })
         .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("the group coordinator did not answer the commit within {0:?}")]
+    TimedOut(Duration),
+    #[error("committing offsets: {0}")]
+    Refused(RDKafkaErrorCode),
+}
+
+/// Commits `offsets` and waits for the coordinator's answer at most `timeout`. librdkafka's own
+/// synchronous commit waits without limit, so from a rebalance callback a broker that hangs
+/// would stop the consumer, shutdown included. A commit that times out may still land later.
+#[allow(unsafe_code)]
+pub fn commit_within<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    offsets: &TopicPartitionList,
+    timeout: Duration,
+) -> Result<(), CommitError> {
+    let client = consumer.client().native_ptr();
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `client` and `offsets` are live handles borrowed for this call; the queue is ours,
+    // created and destroyed here (librdkafka keeps it alive for a late answer); the event
+    // returned by `rd_kafka_queue_poll` is ours to destroy.
+    unsafe {
+        let queue = native::rd_kafka_queue_new(client);
+        let code =
+            native::rd_kafka_commit_queue(client, offsets.ptr(), queue, None, std::ptr::null_mut());
+        let outcome = if code != native::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Err(CommitError::Refused(code.into()))
+        } else {
+            let event = native::rd_kafka_queue_poll(queue, timeout_ms);
+            if event.is_null() {
+                Err(CommitError::TimedOut(timeout))
+            } else {
+                let code = native::rd_kafka_event_error(event);
+                native::rd_kafka_event_destroy(event);
+                match code {
+                    native::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+                    code => Err(CommitError::Refused(code.into())),
+                }
+            }
+        };
+        native::rd_kafka_queue_destroy(queue);
+        outcome
+    }
 }
 
 /// What a header adds to a record on the wire beyond its key and value (length prefixes).

@@ -107,9 +107,12 @@ struct Ports {
     clickhouse_http_port: u16,
     #[arg(long, default_value_t = 9000)]
     clickhouse_tcp_port: u16,
-    /// HTTP port of the ingest bridge (`run` only).
+    /// HTTP port of the ingest bridge's API (`run` only).
     #[arg(long, default_value_t = 8080)]
     ingest_port: u16,
+    /// Port of the ingest bridge's health and metrics endpoints (`run` only).
+    #[arg(long, default_value_t = 8082)]
+    ingest_operations_port: u16,
     /// Port of the processor's health and metrics endpoints (`run` only).
     #[arg(long, default_value_t = 8081)]
     processor_port: u16,
@@ -299,6 +302,7 @@ fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
     let kafka = format!("127.0.0.1:{}", ports.kafka_port);
     let clickhouse = format!("http://127.0.0.1:{}", ports.clickhouse_http_port);
     let ingest_listen = format!("127.0.0.1:{}", ports.ingest_port);
+    let ingest_operations_listen = format!("127.0.0.1:{}", ports.ingest_operations_port);
     let processor_listen = format!("127.0.0.1:{}", ports.processor_port);
     // The services read their settings from the file and `EYE_…` variables; `eye-dev` passes
     // the addresses it chose through the environment.
@@ -318,10 +322,11 @@ fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
             "config/ingest.toml",
             vec![
                 ("EYE_LISTEN", ingest_listen.clone()),
+                ("EYE_OPERATIONS_LISTEN", ingest_operations_listen.clone()),
                 ("EYE_KAFKA__BROKERS", kafka.clone()),
             ],
         ),
-        &format!("http://{ingest_listen}/v1/events"),
+        &format!("http://{ingest_listen}/v1/events, http://{ingest_operations_listen}/metrics"),
     )?;
     PROCESSOR.start(
         &state,
@@ -342,7 +347,7 @@ fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
     )?;
     // Ready before `run` returns, so the first request a user sends is accepted.
     wait_until("the ingest bridge", READY_TIMEOUT, || {
-        http_get_ok(&ingest_listen, "/readyz")
+        http_get_ok(&ingest_operations_listen, "/readyz")
     })?;
     wait_until("the processor", READY_TIMEOUT, || {
         http_get_ok(&processor_listen, "/readyz")

@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct IngestConfig {
-    /// Address the HTTP server listens on.
+    /// Address the public API (`/v1/events`) listens on.
     pub listen: String,
+    /// Address of `/healthz`, `/readyz` and `/metrics`: apart from the API, so probes answer
+    /// during a flood and metrics need not be public.
+    pub operations_listen: String,
     pub kafka: KafkaSettings,
     pub producer: ProducerSettings,
     pub limits: Limits,
@@ -24,6 +27,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            operations_listen: "127.0.0.1:8082".into(),
             kafka: KafkaSettings::default(),
             producer: ProducerSettings::default(),
             limits: Limits::default(),
@@ -66,7 +70,7 @@ impl Default for ProducerSettings {
             linger_ms: 1,
             batch_size_bytes: 1_000_000,
             compression: "lz4".into(),
-            queue_max_events: 100_000,
+            queue_max_events: 40_000,
             max_event_bytes: 1_000_000,
         }
     }

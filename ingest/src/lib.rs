@@ -13,6 +13,7 @@ pub mod rate_limit;
 pub mod routes;
 
 use std::future::Future;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use crate::auth::{Applications, ApplicationsError};
 use crate::config::IngestConfig;
 use crate::producer::EventProducer;
 use crate::rate_limit::{RateLimitError, RateLimits};
-use crate::routes::{router, AppState};
+use crate::routes::{api_router, operations_router, AppState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -34,7 +35,7 @@ pub enum StartError {
     #[error("creating the Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("serving HTTP: {0}")]
-    Io(#[from] std::io::Error),
+    Io(#[from] io::Error),
     #[error(transparent)]
     Metrics(#[from] eye_core::telemetry::MetricsError),
 }
@@ -42,11 +43,35 @@ pub enum StartError {
 /// How long shutdown waits for queued events to reach the broker.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
-/// Serves the API on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
-/// requests finish and flushes the producer.
+/// Where the bridge listens: the public API, and the operations endpoints.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub operations: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `listen` and `operations_listen`.
+    pub async fn bind(config: &IngestConfig) -> io::Result<Self> {
+        let bind = |address: &str| {
+            let address = address.to_owned();
+            async move {
+                TcpListener::bind(&address)
+                    .await
+                    .map_err(|err| io::Error::new(err.kind(), format!("binding {address}: {err}")))
+            }
+        };
+        Ok(Self {
+            api: bind(&config.listen).await?,
+            operations: bind(&config.operations_listen).await?,
+        })
+    }
+}
+
+/// Serves the API and the operations endpoints until `shutdown` resolves, then stops accepting,
+/// lets in-flight requests finish and flushes the producer; health answers until the end.
 pub async fn serve(
     config: IngestConfig,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let applications = Applications::new(&config.applications)?;
@@ -60,12 +85,20 @@ pub async fn serve(
         retry_after_seconds: config.retry_after_seconds,
         metrics: eye_core::telemetry::prometheus()?,
     });
-    info!(address = %listener.local_addr()?, topic = %config.producer.topic, "ingest listening");
-    axum::serve(listener, router(state, &config))
+    info!(
+        address = %listeners.api.local_addr()?,
+        operations = %listeners.operations.local_addr()?,
+        topic = %config.producer.topic,
+        "ingest listening"
+    );
+    let operations =
+        eye_core::operations::spawn(listeners.operations, operations_router(state.clone()))?;
+    axum::serve(listeners.api, api_router(state, &config))
         .with_graceful_shutdown(shutdown)
         .await?;
     let flush = tokio::task::spawn_blocking(move || producer.flush(SHUTDOWN_FLUSH));
     let _ = flush.await;
+    operations.stop().await?;
     info!("ingest stopped");
     Ok(())
 }

@@ -1,6 +1,5 @@
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Parser;
 use eye_ingest::config::IngestConfig;
 
@@ -10,7 +9,7 @@ use eye_ingest::config::IngestConfig;
 #[command(name = "eye-ingest", version)]
 struct Cli {
     /// Configuration file (TOML); `EYE_…` environment variables override it
-    /// (e.g. EYE_LISTEN, EYE_KAFKA__BROKERS, EYE_PRODUCER__TOPIC).
+    /// (e.g. EYE_LISTEN, EYE_OPERATIONS_LISTEN, EYE_KAFKA__BROKERS, EYE_PRODUCER__TOPIC).
     #[arg(long, env = "EYE_INGEST_CONFIG")]
     config: Option<PathBuf>,
     /// Print the hex SHA-256 of an API key (for `key_sha256` in the configuration) and exit.
@@ -27,9 +26,7 @@ async fn main() -> anyhow::Result<()> {
     }
     eye_core::telemetry::init_logging();
     let config: IngestConfig = eye_core::settings::load(cli.config.as_deref())?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    eye_ingest::serve(config, listener, eye_core::shutdown::signal()).await?;
+    let listeners = eye_ingest::Listeners::bind(&config).await?;
+    eye_ingest::serve(config, listeners, eye_core::shutdown::signal()).await?;
     Ok(())
 }

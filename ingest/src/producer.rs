@@ -88,9 +88,12 @@ pub fn client_config(kafka: &KafkaSettings, settings: &ProducerSettings) -> Clie
             "message.timeout.ms",
             settings.message_timeout_ms.to_string(),
         )
+        // librdkafka counts a message until just after its delivery report, when the request's
+        // permits are already back (`EventProducer::queue`): with room to spare it never refuses
+        // a request half-way, which would put part of a 503's events on the topic.
         .set(
             "queue.buffering.max.messages",
-            settings.queue_max_events.to_string(),
+            settings.queue_max_events.saturating_mul(2).to_string(),
         )
         .set("statistics.interval.ms", "1000")
         // Keep a connection to every known broker even when idle, so readiness (any broker

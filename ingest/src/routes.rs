@@ -39,11 +39,11 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
 }
 
-/// `/v1/events` bounds its work before anything else: past `max_concurrent_requests` a request
-/// gets 503 at once (load shedding, not a queue); the API key is checked from the headers before
-/// the body is read; the body must arrive within `body_read_timeout_ms`. Health, readiness and
-/// metrics stay outside the limit, so they answer during a flood.
-pub fn router(state: Arc<AppState>, config: &IngestConfig) -> Router {
+/// The public API. `/v1/events` bounds its work before anything else: past
+/// `max_concurrent_requests` a request gets 503 at once (load shedding, not a queue); the API key
+/// is checked from the headers before the body is read; the body must arrive within
+/// `body_read_timeout_ms`.
+pub fn api_router(state: Arc<AppState>, config: &IngestConfig) -> Router {
     let retry_after_seconds = state.retry_after_seconds;
     let mut events = Router::new()
         .route("/v1/events", post(post_events))
@@ -74,13 +74,17 @@ pub fn router(state: Arc<AppState>, config: &IngestConfig) -> Router {
                 .max_age(std::time::Duration::from_secs(3600)),
         );
     }
+    events.with_state(state).layer(TraceLayer::new_for_http())
+}
+
+/// Health, readiness and metrics, served apart from the API (`operations_listen`) so probes
+/// answer during a flood and metrics are not public.
+pub fn operations_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .merge(events)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(state)
-        .layer(TraceLayer::new_for_http())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -41,7 +41,10 @@ fn reference_events() -> Vec<String> {
 
 /// An ingest bridge served in-process on a free port, producing to its own fresh topic.
 struct Bridge {
+    /// The public API.
     url: String,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    operations_url: String,
     topic: String,
     bootstrap: String,
     stop: Option<oneshot::Sender<()>>,
@@ -70,12 +73,15 @@ impl Bridge {
                 ..Application::default()
             },
         ];
+        config.listen = "127.0.0.1:0".into();
+        config.operations_listen = "127.0.0.1:0".into();
         adjust(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let listeners = eye_ingest::Listeners::bind(&config).await.unwrap();
+        let url = format!("http://{}", listeners.api.local_addr().unwrap());
+        let operations_url = format!("http://{}", listeners.operations.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            eye_ingest::serve(config, listener, async move {
+            eye_ingest::serve(config, listeners, async move {
                 let _ = stopped.await;
             })
             .await
@@ -83,6 +89,7 @@ impl Bridge {
         });
         let bridge = Bridge {
             url,
+            operations_url,
             topic,
             bootstrap: bootstrap.to_string(),
             stop: Some(stop),
@@ -95,7 +102,11 @@ impl Bridge {
 
     async fn wait_ready(&self) {
         for _ in 0..300 {
-            let ready = self.http.get(format!("{}/readyz", self.url)).send().await;
+            let ready = self
+                .http
+                .get(format!("{}/readyz", self.operations_url))
+                .send()
+                .await;
             if ready.is_ok_and(|response| response.status() == StatusCode::OK) {
                 return;
             }
@@ -374,7 +385,7 @@ async fn past_the_concurrency_limit_a_request_gets_503_at_once_and_health_answer
     assert_eq!(shed, 1, "a third request is shed while two are served");
     let health = bridge
         .http
-        .get(format!("{}/healthz", bridge.url))
+        .get(format!("{}/healthz", bridge.operations_url))
         .send()
         .await
         .unwrap();
@@ -696,7 +707,7 @@ async fn broker_down_gives_503_with_retry_after_and_not_ready_then_202_and_ready
     assert_eq!(refused.headers()["retry-after"], "2");
     let readiness = bridge
         .http
-        .get(format!("{}/readyz", bridge.url))
+        .get(format!("{}/readyz", bridge.operations_url))
         .send()
         .await
         .unwrap();
@@ -709,7 +720,7 @@ async fn broker_down_gives_503_with_retry_after_and_not_ready_then_202_and_ready
     assert!(accepted, "202 again once the broker is back");
     let readiness = bridge
         .http
-        .get(format!("{}/readyz", bridge.url))
+        .get(format!("{}/readyz", bridge.operations_url))
         .send()
         .await
         .unwrap();
@@ -884,14 +895,14 @@ async fn health_readiness_and_metrics_answer() {
     );
     let health = bridge
         .http
-        .get(format!("{}/healthz", bridge.url))
+        .get(format!("{}/healthz", bridge.operations_url))
         .send()
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let metrics = bridge
         .http
-        .get(format!("{}/metrics", bridge.url))
+        .get(format!("{}/metrics", bridge.operations_url))
         .send()
         .await
         .unwrap()
@@ -906,5 +917,44 @@ async fn health_readiness_and_metrics_answer() {
     ] {
         assert!(metrics.contains(name), "{name} in /metrics:\n{metrics}");
     }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let public = bridge
+            .http
+            .get(format!("{}{path}", bridge.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            public.status(),
+            StatusCode::NOT_FOUND,
+            "{path} on the API port"
+        );
+    }
+    bridge.shutdown().await;
+}
+
+/// A flood keeps the API's runtime busy; probes must not wait behind it. Here that runtime (the
+/// test's own, single thread) is blocked outright until `/healthz` has answered.
+#[tokio::test]
+async fn health_answers_while_the_api_runtime_is_blocked() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |_| {}).await;
+    let address = bridge
+        .operations_url
+        .trim_start_matches("http://")
+        .to_string();
+    let (answered, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: eye\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut reply).unwrap();
+        let _ = answered.send(reply);
+    });
+    let reply = answer
+        .recv_timeout(Duration::from_secs(30))
+        .expect("/healthz answers while the API's runtime is blocked");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     bridge.shutdown().await;
 }

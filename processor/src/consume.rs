@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use eye_core::kafka::headers_of;
+use eye_core::kafka::{commit_within, headers_of};
 use metrics::{counter, gauge, histogram};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -43,6 +43,8 @@ use eye_core::timestamp::split_seconds;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the final commit and the consumer's close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a rebalance waits for the commit of the revoked partitions' written offsets.
+const REVOKE_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often caught-up partitions are reported to `ingest_watermarks` while no batch is written,
 /// so an idle partition does not hold back how far the data is known to be complete.
 const IDLE_REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -162,6 +164,14 @@ impl ConsumerContext for PipelineContext {
             .iter()
             .map(|element| element.partition())
             .collect();
+        if consumer.assignment_lost() {
+            // Taken away without a rebalance: no answer from the group for a session time-out.
+            counter!("eye_processor_partitions_lost_total").increment(revoked.len() as u64);
+            warn!(
+                ?revoked,
+                "partitions lost: the group coordinator did not answer in time"
+            );
+        }
         let mut written = TopicPartitionList::new();
         let released = {
             let mut progress = lock(&self.progress);
@@ -180,9 +190,10 @@ impl ConsumerContext for PipelineContext {
             progress.batch.release(&revoked)
         };
         // Committed without holding the lock: a synchronous commit may serve other callbacks.
+        // Bounded: this runs inside `recv()`, so a commit that waits blocks the whole loop.
         if written.count() > 0 {
-            if let Err(error) = consumer.commit(&written, CommitMode::Sync) {
-                warn!(%error, "committing offsets of revoked partitions");
+            if let Err(error) = commit_within(consumer, &written, REVOKE_COMMIT_TIMEOUT) {
+                warn!(%error, "committing offsets of revoked partitions; the next owner reads their last rows again");
             }
         }
         info!(

@@ -117,22 +117,15 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let alerts = alerts.map(|alerts| {
         let alerts = alerts.owned_by(pipeline.owns_first_partition());
-        let mut stop_rx = stop_rx.clone();
+        let mut stop_rx = stop_rx;
         tokio::spawn(alerts.run(async move {
             let _ = stop_rx.wait_for(|stopped| *stopped).await;
         }))
     });
-    let server = tokio::spawn(async move {
-        let mut stop_rx = stop_rx;
-        axum::serve(listener, health.router())
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|stopped| *stopped).await;
-            })
-            .await
-    });
+    let operations = eye_core::operations::spawn(listener, health.router())?;
     pipeline.run(shutdown).await;
     let _ = stop_tx.send(true);
-    let _ = server.await;
+    operations.stop().await?;
     if let Some(alerts) = alerts {
         let _ = alerts.await;
     }

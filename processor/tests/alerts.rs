@@ -1,6 +1,7 @@
 //! Alert rules against a real broker and ClickHouse: an alert fires once for its window, resolves
 //! on the first window back under the threshold, is not published again after a restart, and a
-//! replay of the raw log into fresh tables publishes the same alerts with the same ids.
+//! replay of the raw log into fresh tables publishes the same alerts with the same ids; an alert
+//! the broker refuses for good does not stop the rules.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use eye_core::schemas::TopicSchema;
 use eye_devenv::testing::unique_name;
 use eye_processor::alerts::{AlertRule, GroupBy};
 use eye_processor::config::ProcessorConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::Message;
 use serde_json::json;
 use uuid::Uuid;
@@ -118,9 +121,9 @@ async fn alerts_on(setup: &Setup, topic: &str, expected: usize) -> Vec<AlertMess
     alerts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_alert_fires_once_per_window_resolves_and_replays_with_the_same_ids() {
-    let setup = Setup::shared().await;
+/// Raw messages that make the rule publish four alerts: fired and resolved twice for `shop`,
+/// nothing for `blog`; with the ids of the first window's failures.
+fn four_alerts() -> (Vec<RawMessage>, BTreeSet<String>) {
     let mut messages = Vec::new();
     let mut failed_in_first_window = BTreeSet::new();
     // 10:00–10:05: five failures (over 3) and two valid events → fires.
@@ -141,6 +144,13 @@ async fn an_alert_fires_once_per_window_resolves_and_replays_with_the_same_ids()
     for second in 0..2 {
         messages.push(pageview("blog", at(1, second), true).0);
     }
+    (messages, failed_in_first_window)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_fires_once_per_window_resolves_and_replays_with_the_same_ids() {
+    let setup = Setup::shared().await;
+    let (messages, failed_in_first_window) = four_alerts();
     setup.produce(&messages).await;
 
     let alerts_topic = unique_name("alerts");
@@ -202,6 +212,47 @@ async fn an_alert_fires_once_per_window_resolves_and_replays_with_the_same_ids()
     let replayed = alerts_on(&replay, &replay_topic, 4).await;
     processor.stop().await;
     assert_eq!(replayed, alerts);
+}
+
+/// An alert the broker refuses for what it is can never be published: it is not retried (which
+/// would stop judging for good), it is counted and still recorded in `alerts`, and the rules go
+/// on to the next alert. Here the alert topic's `max.message.bytes` is smaller than any alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_the_broker_refuses_for_good_are_recorded_and_judging_goes_on() {
+    let setup = Setup::shared().await;
+    let (messages, _) = four_alerts();
+    setup.produce(&messages).await;
+    let alerts_topic = unique_name("alerts");
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &setup.bootstrap)
+        .create()
+        .unwrap();
+    let topic =
+        NewTopic::new(&alerts_topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "64");
+    for result in admin
+        .create_topics(&[topic], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+
+    let processor = Processor::start(with_rule(&setup, &alerts_topic)).await;
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.alerts FINAL",
+            4,
+            Duration::from_secs(60),
+        )
+        .await;
+    let refused = counter_value(&processor, "eye_processor_alerts_refused_total").await;
+    processor.stop().await;
+    assert!(refused >= 4, "eye_processor_alerts_refused_total {refused}");
+    assert_eq!(
+        setup.count("SELECT countDistinct(alert_id, status) FROM {db}.alerts FINAL"),
+        4,
+        "two alerts, each fired and resolved"
+    );
 }
 
 /// The README's Rust snippet is the example's loop, so it compiles and stays true.

@@ -30,11 +30,13 @@ async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_micro
         key_sha256: key_sha256("shop-key"),
         ..Application::default()
     }];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ingest_url = format!("http://{}/v1/events", listener.local_addr().unwrap());
+    ingest.listen = "127.0.0.1:0".into();
+    ingest.operations_listen = "127.0.0.1:0".into();
+    let listeners = eye_ingest::Listeners::bind(&ingest).await.unwrap();
+    let ingest_url = format!("http://{}/v1/events", listeners.api.local_addr().unwrap());
     let (stop_ingest, ingest_stopped) = oneshot::channel::<()>();
     let ingest_task = tokio::spawn(async move {
-        eye_ingest::serve(ingest, listener, async move {
+        eye_ingest::serve(ingest, listeners, async move {
             let _ = ingest_stopped.await;
         })
         .await
@@ -598,6 +600,36 @@ async fn stopping_right_after_the_broker_hangs_is_bounded() {
     assert!(stopped.is_ok(), "the processor never stopped");
 }
 
+/// Past the session time-out without an answer from the hung broker, librdkafka takes the
+/// partitions away itself (assignment lost) and the rebalance callback commits what was written:
+/// that commit must not wait for the broker forever, or nothing, not even shutdown, runs again.
+// Two workers: a call that blocks one (the fault looked for) leaves the time-out running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_lost_to_a_hung_broker_are_let_go_and_shutdown_is_bounded() {
+    const LOST: &str = "eye_processor_partitions_lost_total";
+    let broker = OwnedBroker::start();
+    let setup = Setup::new(&broker.bootstrap(), &services().clickhouse).await;
+    let mut config = setup.config();
+    config.consumer.session_timeout_ms = 6_000;
+    let processor = start_with_one_event(&setup, config).await;
+    // Written offsets are stored by now: the revoke's commit has something to send.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lost_before = counter_value(&processor, LOST).await;
+    broker.signal(Signal::SIGSTOP).unwrap();
+    let mut lost = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if counter_value(&processor, LOST).await > lost_before {
+            lost = true;
+            break;
+        }
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(60), processor.stop()).await;
+    broker.signal(Signal::SIGCONT).unwrap();
+    assert!(lost, "the partitions were never lost to the hung broker");
+    assert!(stopped.is_ok(), "the processor never stopped");
+}
+
 /// Ten pageviews with the event ids `from + 1 ..= from + 10`.
 fn ten_pageviews(from: u128) -> Vec<RawMessage> {
     (from..from + 10)
@@ -649,21 +681,6 @@ async fn a_processor_stuck_on_a_hung_clickhouse_reports_not_ready_until_it_moves
     processor.stop().await;
 }
 
-/// The processor's `eye_processor_sink_retries_total` (0 before the first retry).
-async fn sink_retries(processor: &Processor) -> u64 {
-    let metrics = reqwest::get(format!("{}/metrics", processor.health_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("eye_processor_sink_retries_total "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
-}
-
 #[tokio::test]
 async fn inserts_into_a_hung_clickhouse_time_out_and_are_retried_and_shutdown_is_bounded() {
     let clickhouse = OwnedClickHouse::start();
@@ -679,13 +696,13 @@ async fn inserts_into_a_hung_clickhouse_time_out_and_are_retried_and_shutdown_is
             Duration::from_secs(60),
         )
         .await;
-    let retries_before = sink_retries(&processor).await;
+    let retries_before = counter_value(&processor, "eye_processor_sink_retries_total").await;
 
     clickhouse.signal(Signal::SIGSTOP).unwrap();
     setup.produce(&ten_pageviews(10)).await;
     // Without a time-out the first insert into the stopped server waits forever: no retry.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sink_retries(&processor).await < retries_before + 2 {
+    while counter_value(&processor, "eye_processor_sink_retries_total").await < retries_before + 2 {
         assert!(
             Instant::now() < deadline,
             "inserts into the hung server are not retried"

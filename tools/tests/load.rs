@@ -59,14 +59,19 @@ async fn generated_traffic_reaches_the_processor_as_generated_over_both_targets(
         key_sha256: key_sha256("shop-key"),
         ..Application::default()
     }];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/events", listener.local_addr().unwrap());
+    ingest.listen = "127.0.0.1:0".into();
+    ingest.operations_listen = "127.0.0.1:0".into();
+    let listeners = eye_ingest::Listeners::bind(&ingest).await.unwrap();
+    let url = format!("http://{}/v1/events", listeners.api.local_addr().unwrap());
+    let ready = format!(
+        "http://{}/readyz",
+        listeners.operations.local_addr().unwrap()
+    );
     let (stop_ingest, ingest_stopped) = tokio::sync::oneshot::channel::<()>();
-    let bridge = tokio::spawn(eye_ingest::serve(ingest, listener, async move {
+    let bridge = tokio::spawn(eye_ingest::serve(ingest, listeners, async move {
         let _ = ingest_stopped.await;
     }));
 
-    let ready = url.replace("/v1/events", "/readyz");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !reqwest::get(&ready)
         .await

@@ -186,6 +186,21 @@ impl Processor {
     }
 }
 
+/// A counter the processor exports, 0 before its first increment.
+pub async fn counter_value(processor: &Processor, name: &str) -> u64 {
+    let metrics = reqwest::get(format!("{}/metrics", processor.health_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
 pub fn direct(event: &Value) -> RawMessage {
     (event.to_string().into_bytes(), Vec::new())
 }

@@ -1,8 +1,6 @@
 //! Ingest: batched and single-event requests to a bridge of its own (the release binary), beside
 //! a plain producer, against a broker or librdkafka's in-process mock cluster.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +16,8 @@ use serde_json::Value as Json;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::{cpu_seconds, peak_rss_kib, reference_events, Service};
+use super::bridge::BridgeArgs;
+use super::{cpu_seconds, peak_rss_kib, reference_events};
 
 /// Sessions the requests come from, each request from one of them in turn: their keys spread the
 /// events over the partitions as many users' would (one session would put them all on one).
@@ -26,14 +25,8 @@ const SESSIONS: usize = 64;
 
 #[derive(Args)]
 pub struct IngestBench {
-    #[arg(long, default_value = "target/release/eye-ingest")]
-    ingest_bin: PathBuf,
-    /// The bridge's settings file (its applications and keys); the bench sets its address,
-    /// broker and topic.
-    #[arg(long, default_value = "config/ingest.toml")]
-    ingest_config: PathBuf,
-    #[arg(long, default_value = "eye-local-dev-key")]
-    api_key: String,
+    #[command(flatten)]
+    bridge: BridgeArgs,
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 32)]
     clients: usize,
@@ -97,32 +90,20 @@ impl Figures {
 }
 
 pub async fn run(args: IngestBench) -> anyhow::Result<()> {
-    if !args.ingest_bin.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release --bin eye-ingest`",
-            args.ingest_bin.display()
-        );
-    }
     let broker = if args.mock_broker {
         Broker::Mock(MockCluster::new(1)?)
     } else {
         Broker::External(args.brokers.clone())
     };
     let bootstrap = broker.bootstrap();
-    let port = eye_devenv::free_port();
-    let bridge = Service::spawn(
-        Command::new(&args.ingest_bin)
-            .arg("--config")
-            .arg(&args.ingest_config)
-            .env("EYE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("EYE_KAFKA__BROKERS", &bootstrap)
-            .env("EYE_PRODUCER__TOPIC", broker.create_topic("ingest").await?),
-    )?;
+    let bridge = args
+        .bridge
+        .start(&bootstrap, &broker.create_topic("ingest").await?)
+        .await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    wait_ready(&http, &format!("http://127.0.0.1:{port}/readyz")).await?;
-    let url = format!("http://127.0.0.1:{port}/v1/events");
+    let url = bridge.events_url.clone();
     println!(
         "broker: {}",
         if args.mock_broker {
@@ -146,7 +127,7 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
                 .collect(),
         );
         let figures = Arc::new(Mutex::new(Figures::new()?));
-        let cpu_before = cpu_seconds(bridge.pid());
+        let cpu_before = cpu_seconds(bridge.service.pid());
         let started = Instant::now();
         let deadline = started + Duration::from_secs(args.seconds);
         let mut clients = Vec::new();
@@ -154,7 +135,7 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
             let (http, url, key, bodies, figures) = (
                 http.clone(),
                 url.clone(),
-                args.api_key.clone(),
+                args.bridge.api_key.clone(),
                 bodies.clone(),
                 figures.clone(),
             );
@@ -193,8 +174,8 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let figures = figures.lock().await;
-        let cpu_per_million =
-            (cpu_seconds(bridge.pid()) - cpu_before) * 1e6 / figures.accepted_events.max(1) as f64;
+        let cpu_per_million = (cpu_seconds(bridge.service.pid()) - cpu_before) * 1e6
+            / figures.accepted_events.max(1) as f64;
         print_row(
             &format!("{scenario} ({batch}/request)"),
             args.clients,
@@ -203,8 +184,9 @@ pub async fn run(args: IngestBench) -> anyhow::Result<()> {
             &format!("{cpu_per_million:.1}"),
         );
     }
-    let peak_rss = peak_rss_kib(bridge.pid());
-    let mut ceiling_settings: IngestConfig = eye_core::settings::load(Some(&args.ingest_config))?;
+    let peak_rss = peak_rss_kib(bridge.service.pid());
+    let mut ceiling_settings: IngestConfig =
+        eye_core::settings::load(Some(&args.bridge.ingest_config))?;
     ceiling_settings.kafka.brokers = bootstrap.clone();
     for batch in [args.batch_size, 1] {
         let topic = broker.create_topic("ceiling").await?;

@@ -1,6 +1,7 @@
 //! `eye bench`: throughput and latency figures against a broker and ClickHouse (and, end to end,
 //! the running pipeline). Benchmarks print figures; nothing here asserts a target.
 
+mod bridge;
 mod e2e;
 mod ingest;
 mod overload;

@@ -4,12 +4,9 @@
 //! event is on the topic.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use clap::Args;
 use eye_core::kafka::create_topics;
 use eye_core::raw::EVENT_ID_HEADER;
@@ -23,18 +20,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::{peak_rss_kib, reference_events, Service};
+use super::bridge::{Bridge, BridgeArgs};
+use super::{peak_rss_kib, reference_events};
 
 #[derive(Args)]
 pub struct OverloadBench {
-    #[arg(long, default_value = "target/release/eye-ingest")]
-    ingest_bin: PathBuf,
-    /// The bridge's settings file (its applications, keys and limits); the bench sets its
-    /// address, broker and topic.
-    #[arg(long, default_value = "config/ingest.toml")]
-    ingest_config: PathBuf,
-    #[arg(long, default_value = "eye-local-dev-key")]
-    api_key: String,
+    #[command(flatten)]
+    bridge: BridgeArgs,
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
     /// Connections that send their headers and then a byte of body every second.
@@ -60,39 +52,22 @@ struct Observed {
 }
 
 pub async fn run(args: OverloadBench) -> anyhow::Result<()> {
-    if !args.ingest_bin.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release --bin eye-ingest`",
-            args.ingest_bin.display()
-        );
-    }
     let topic = format!("eye.bench.overload.{}", Uuid::now_v7().simple());
     create_topics(&args.brokers, &[&topic], 4).await?;
-    let port = eye_devenv::free_port();
-    let bridge = Service::spawn(
-        Command::new(&args.ingest_bin)
-            .arg("--config")
-            .arg(&args.ingest_config)
-            .env("EYE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("EYE_KAFKA__BROKERS", &args.brokers)
-            .env("EYE_PRODUCER__TOPIC", &topic),
-    )?;
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    super::ingest::wait_ready(&http, &format!("{base}/readyz")).await?;
-    let idle_rss = peak_rss_kib(bridge.pid());
+    let bridge = args.bridge.start(&args.brokers, &topic).await?;
+    let idle_rss = peak_rss_kib(bridge.service.pid());
     println!("bridge peak RSS at rest: {} MiB", idle_rss / 1024);
     println!("| scenario | offered | replies by status | accepted events | /healthz p50 ms | p99 ms | max ms | bridge peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|");
 
-    let observed = slow_clients(&args, port, &base).await?;
+    let observed = slow_clients(&args, &bridge).await?;
     print_row(
         "slow clients",
         &format!("{} connections, 1 byte/s", args.slow_clients),
         &observed,
-        peak_rss_kib(bridge.pid()),
+        peak_rss_kib(bridge.service.pid()),
     );
-    let observed = flood(&args, &base).await?;
+    let observed = flood(&args, &bridge).await?;
     print_row(
         "flood",
         &format!(
@@ -100,7 +75,7 @@ pub async fn run(args: OverloadBench) -> anyhow::Result<()> {
             args.flood_requests_per_second, args.batch_size
         ),
         &observed,
-        peak_rss_kib(bridge.pid()),
+        peak_rss_kib(bridge.service.pid()),
     );
     let on_topic: HashSet<Uuid> = event_ids_on(&args.brokers, &topic)?.into_iter().collect();
     let lost = observed
@@ -137,17 +112,18 @@ async fn probe_health(http: reqwest::Client, url: String, until: Instant) -> His
     latency
 }
 
-async fn slow_clients(args: &OverloadBench, port: u16, base: &str) -> anyhow::Result<Observed> {
+async fn slow_clients(args: &OverloadBench, bridge: &Bridge) -> anyhow::Result<Observed> {
     let until = Instant::now() + Duration::from_secs(args.seconds);
     let health = tokio::spawn(probe_health(
         reqwest::Client::new(),
-        format!("{base}/healthz"),
+        format!("{}/healthz", bridge.operations_url),
         until,
     ));
     let statuses = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let mut clients = Vec::new();
+    let port = bridge.api_port;
     for _ in 0..args.slow_clients {
-        let (key, statuses) = (args.api_key.clone(), statuses.clone());
+        let (key, statuses) = (args.bridge.api_key.clone(), statuses.clone());
         clients.push(tokio::spawn(async move {
             let status = slow_request(port, &key, until)
                 .await
@@ -212,11 +188,11 @@ fn labelled(status: &str, body: &str) -> String {
     }
 }
 
-async fn flood(args: &OverloadBench, base: &str) -> anyhow::Result<Observed> {
+async fn flood(args: &OverloadBench, bridge: &Bridge) -> anyhow::Result<Observed> {
     let until = Instant::now() + Duration::from_secs(args.seconds);
     let health = tokio::spawn(probe_health(
         reqwest::Client::new(),
-        format!("{base}/healthz"),
+        format!("{}/healthz", bridge.operations_url),
         until,
     ));
     let http = reqwest::Client::builder()
@@ -235,8 +211,8 @@ async fn flood(args: &OverloadBench, base: &str) -> anyhow::Result<Observed> {
         pace.tick().await;
         let (http, url, key, body, statuses, accepted) = (
             http.clone(),
-            format!("{base}/v1/events"),
-            args.api_key.clone(),
+            bridge.events_url.clone(),
+            args.bridge.api_key.clone(),
             body.clone(),
             statuses.clone(),
             accepted.clone(),

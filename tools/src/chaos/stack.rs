@@ -114,6 +114,7 @@ impl Stack {
         let kafka = Service::new("broker", broker.prepare(&programs.broker_bin)?);
 
         let ingest_listen = format!("127.0.0.1:{}", free_port());
+        let ingest_operations_listen = format!("127.0.0.1:{}", free_port());
         let processor_listen = format!("127.0.0.1:{}", free_port());
         let launch = |program: &Path, config: &Path, log: &str, envs: Vec<(&str, String)>| Launch {
             program: program.to_path_buf(),
@@ -132,6 +133,7 @@ impl Stack {
                 "ingest.log",
                 vec![
                     ("EYE_LISTEN", ingest_listen.clone()),
+                    ("EYE_OPERATIONS_LISTEN", ingest_operations_listen.clone()),
                     ("EYE_KAFKA__BROKERS", broker.bootstrap()),
                     ("EYE_PRODUCER__TOPIC", RAW_TOPIC.into()),
                 ],
@@ -167,7 +169,7 @@ impl Stack {
         );
         let mut stack = Stack {
             ingest_url: format!("http://{ingest_listen}/v1/events"),
-            ingest_ready_url: format!("http://{ingest_listen}/readyz"),
+            ingest_ready_url: format!("http://{ingest_operations_listen}/readyz"),
             processor_ready_url: format!("http://{processor_listen}/readyz"),
             clickhouse_server,
             broker,
