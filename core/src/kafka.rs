@@ -1,4 +1,6 @@
-//! Kafka set-up shared by the services, the tools and the tests.
+//! Kafka set-up shared by the services, the tools and the tests: client configuration (the
+//! operator's overrides applied in one place), the acknowledged producer, topic creation, and
+//! what librdkafka's Rust API lacks (bounded commits, headers with any name).
 
 use std::borrow::Cow;
 use std::ffi::CStr;
@@ -10,8 +12,11 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, TopicPartitionList};
+
+use crate::settings::KafkaSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -24,16 +29,47 @@ pub enum TopicError {
     },
 }
 
+/// A client configuration: `kafka.brokers`, then the client's own `properties`, then the
+/// operator's `kafka.librdkafka` overrides, last so they win (TLS, SASL, tuning). Every client
+/// of the services is configured here.
+pub fn client_config<'a>(
+    kafka: &KafkaSettings,
+    properties: impl IntoIterator<Item = (&'a str, String)>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    for (key, value) in &kafka.librdkafka {
+        config.set(key, value);
+    }
+    config
+}
+
+/// A producer for what the processor publishes (dead letters, alerts, session updates): every
+/// message acknowledged by all in-sync replicas, idempotent, compressed.
+pub fn acknowledged_producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    client_config(
+        kafka,
+        [
+            ("acks", "all".into()),
+            ("enable.idempotence", "true".into()),
+            ("compression.type", "lz4".into()),
+            ("linger.ms", "5".into()),
+        ],
+    )
+    .create()
+}
+
 /// Creates each topic with `partitions` partitions (replication 1); a topic that already exists
 /// is left as it is.
 pub async fn create_topics(
-    bootstrap: &str,
+    kafka: &KafkaSettings,
     topics: &[&str],
     partitions: i32,
 ) -> Result<(), TopicError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, []).create()?;
     let new_topics: Vec<NewTopic> = topics
         .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
@@ -165,6 +201,16 @@ pub fn header_bytes(key: &str, value: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operators_overrides_win_over_a_clients_own_properties() {
+        let mut kafka = KafkaSettings::for_brokers("broker:9092");
+        kafka.librdkafka.insert("linger.ms".into(), "50".into());
+        let config = client_config(&kafka, [("linger.ms", "5".into()), ("acks", "all".into())]);
+        assert_eq!(config.get("bootstrap.servers"), Some("broker:9092"));
+        assert_eq!(config.get("linger.ms"), Some("50"));
+        assert_eq!(config.get("acks"), Some("all"));
+    }
 
     #[test]
     fn only_refusals_of_the_message_itself_are_for_good() {

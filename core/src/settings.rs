@@ -1,5 +1,8 @@
 //! Typed service configuration: defaults, then a TOML file, then `EYE_…` environment variables
-//! (`__` separates nested keys: `EYE_KAFKA__BROKERS=host:9092`).
+//! (`__` separates nested keys: `EYE_KAFKA__BROKERS=host:9092`). The settings structs deny
+//! unknown fields, so a mistyped key in a file or below a section (`EYE_KAFKA__BROKER`) is an
+//! error naming it; `EYE_…` variables whose first part names no section belong to other programs
+//! (`EYE_STATE_DIR` of `cargo dev`, `EYE_INGEST_CONFIG`) and are left alone.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,9 +30,20 @@ pub fn load_with_env<T>(
 where
     T: Default + Serialize + DeserializeOwned,
 {
-    let env: config::Map<String, String> = env.into_iter().collect();
-    let mut builder =
-        config::Config::builder().add_source(config::Config::try_from(&T::default())?);
+    let defaults = T::default();
+    let sections: Vec<String> = match serde_json::to_value(&defaults) {
+        Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let env: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(key, _)| {
+            key.strip_prefix("EYE_")
+                .and_then(|key| key.split("__").next())
+                .is_some_and(|first| sections.contains(&first.to_ascii_lowercase()))
+        })
+        .collect();
+    let mut builder = config::Config::builder().add_source(config::Config::try_from(&defaults)?);
     if let Some(file) = file {
         builder = builder.add_source(config::File::from(file).required(true));
     }
@@ -46,12 +60,22 @@ where
 
 /// How a service reaches Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
     /// `bootstrap.servers`: comma-separated `host:port` list.
     pub brokers: String,
     /// Raw librdkafka properties applied last, for anything without a typed setting.
     pub librdkafka: BTreeMap<String, String>,
+}
+
+impl KafkaSettings {
+    /// `brokers`, without overrides.
+    pub fn for_brokers(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            librdkafka: BTreeMap::new(),
+        }
+    }
 }
 
 impl Default for KafkaSettings {
@@ -68,7 +92,7 @@ mod tests {
     use super::*;
 
     #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
-    #[serde(default)]
+    #[serde(default, deny_unknown_fields)]
     struct Example {
         listen: String,
         kafka: KafkaSettings,
@@ -95,6 +119,32 @@ mod tests {
     fn defaults_apply_without_file_or_env() {
         let loaded: Example = load_with_env(None, []).unwrap();
         assert_eq!(loaded.kafka.brokers, "127.0.0.1:9092");
+    }
+
+    #[test]
+    fn a_mistyped_key_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("example.toml");
+        std::fs::write(&file, "limit_byte = 5\n").unwrap();
+        let error = load_with_env::<Example>(Some(&file), []).unwrap_err();
+        assert!(error.to_string().contains("limit_byte"), "{error}");
+
+        let env = [("EYE_KAFKA__BROKER".to_string(), "env:2".to_string())];
+        let error = load_with_env::<Example>(None, env).unwrap_err();
+        assert!(error.to_string().contains("broker"), "{error}");
+    }
+
+    #[test]
+    fn other_programs_variables_are_left_alone() {
+        let env = [
+            ("EYE_STATE_DIR".to_string(), "/tmp/eye".to_string()),
+            (
+                "EYE_EXAMPLE_CONFIG".to_string(),
+                "/etc/eye.toml".to_string(),
+            ),
+        ];
+        let loaded: Example = load_with_env(None, env).unwrap();
+        assert_eq!(loaded, Example::default());
     }
 
     #[test]

@@ -96,8 +96,8 @@ impl Broker {
 
     /// Creates each topic with `partitions` partitions; one that already exists is left as is.
     pub fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
-        let bootstrap = self.bootstrap();
-        let created = eye_core::kafka::create_topics(&bootstrap, topics, partitions);
+        let kafka = eye_core::settings::KafkaSettings::for_brokers(self.bootstrap());
+        let created = eye_core::kafka::create_topics(&kafka, topics, partitions);
         Ok(futures::executor::block_on(created)?)
     }
 }

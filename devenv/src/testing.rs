@@ -216,6 +216,20 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// A topic of the test's own on the broker at `bootstrap`: a [`unique_name`] with `prefix`,
+/// created with `partitions` partitions.
+pub async fn new_topic(bootstrap: &str, prefix: &str, partitions: i32) -> String {
+    let topic = unique_name(prefix);
+    eye_core::kafka::create_topics(
+        &eye_core::settings::KafkaSettings::for_brokers(bootstrap),
+        &[&topic],
+        partitions,
+    )
+    .await
+    .unwrap_or_else(|error| panic!("creating topic {topic}: {error}"));
+    topic
+}
+
 fn scratch_dir(service: &str) -> PathBuf {
     tempfile::Builder::new()
         .prefix(&format!("eye-test-{service}-"))

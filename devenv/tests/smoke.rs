@@ -6,18 +6,33 @@ use std::time::Duration;
 
 use clickhouse::Row;
 use eye_core::kafka::create_topics;
+use eye_core::settings::KafkaSettings;
 use eye_devenv::testing::{services, unique_name, OwnedBroker};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+/// On a TLS or SASL cluster the security settings are overrides: topic creation must use them as
+/// every client does. Here the only way to the broker is an override.
+#[tokio::test]
+async fn topics_are_created_with_the_operators_overrides() {
+    let mut kafka = KafkaSettings::for_brokers("127.0.0.1:1");
+    kafka
+        .librdkafka
+        .insert("bootstrap.servers".into(), services().broker.bootstrap());
+    let topic = unique_name("overrides");
+    create_topics(&kafka, &[&topic], 1).await.unwrap();
+}
+
 #[tokio::test]
 async fn kafka_round_trip_with_committed_offset() {
     let bootstrap = services().broker.bootstrap();
     let topic = unique_name("smoke");
     let group = unique_name("smoke_group");
-    create_topics(&bootstrap, &[&topic], 3).await.unwrap();
+    create_topics(&KafkaSettings::for_brokers(&bootstrap), &[&topic], 3)
+        .await
+        .unwrap();
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -117,7 +132,9 @@ async fn sqlite_broker_keeps_log_and_committed_offsets_across_a_restart() {
     let bootstrap = broker.bootstrap();
     let topic = unique_name("durable");
     let group = unique_name("durable_group");
-    create_topics(&bootstrap, &[&topic], 1).await.unwrap();
+    create_topics(&KafkaSettings::for_brokers(&bootstrap), &[&topic], 1)
+        .await
+        .unwrap();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()

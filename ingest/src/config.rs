@@ -5,7 +5,7 @@ use eye_core::settings::KafkaSettings;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
     /// Address the public API (`/v1/events`) listens on.
     pub listen: String,
@@ -40,7 +40,7 @@ impl Default for IngestConfig {
 
 /// How events are produced to the raw topic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProducerSettings {
     pub topic: String,
     /// How long an event may wait for the broker's acknowledgement before the request fails with
@@ -77,7 +77,7 @@ impl Default for ProducerSettings {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest request body as sent (compressed when gzip).
     pub max_body_bytes: usize,
@@ -105,6 +105,7 @@ impl Default for Limits {
 
 /// A trusted application: its id, stamped on its events, and the hex SHA-256 of its API key.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Application {
     pub id: String,
     pub key_sha256: String,
@@ -116,6 +117,7 @@ pub struct Application {
 /// A token bucket: `events_per_second` refill, `burst_events` capacity (at least
 /// `limits.max_batch_events`, so every allowed batch can pass). Over it: 429 with `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub events_per_second: u32,
     pub burst_events: u32,

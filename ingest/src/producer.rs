@@ -76,34 +76,33 @@ impl ClientContext for BrokerWatch {
 
 /// The bridge's producer settings, also used by the benchmark's plain-producer ceiling.
 pub fn client_config(kafka: &KafkaSettings, settings: &ProducerSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", &settings.compression)
-        .set("linger.ms", settings.linger_ms.to_string())
-        .set("batch.size", settings.batch_size_bytes.to_string())
-        .set(
-            "message.timeout.ms",
-            settings.message_timeout_ms.to_string(),
-        )
-        // librdkafka counts a message until just after its delivery report, when the request's
-        // permits are already back (`EventProducer::queue`): with room to spare it never refuses
-        // a request half-way, which would put part of a 503's events on the topic.
-        .set(
-            "queue.buffering.max.messages",
-            settings.queue_max_events.saturating_mul(2).to_string(),
-        )
-        .set("statistics.interval.ms", "1000")
-        // Keep a connection to every known broker even when idle, so readiness (any broker
-        // connection up) does not flicker while no events flow.
-        .set("enable.sparse.connections", "false")
-        .set("reconnect.backoff.max.ms", "1000");
-    for (key, value) in &kafka.librdkafka {
-        config.set(key, value);
-    }
-    config
+    eye_core::kafka::client_config(
+        kafka,
+        [
+            ("acks", "all".into()),
+            ("enable.idempotence", "true".into()),
+            ("compression.type", settings.compression.clone()),
+            ("linger.ms", settings.linger_ms.to_string()),
+            ("batch.size", settings.batch_size_bytes.to_string()),
+            (
+                "message.timeout.ms",
+                settings.message_timeout_ms.to_string(),
+            ),
+            // librdkafka counts a message until just after its delivery report, when the
+            // request's permits are already back (`EventProducer::queue`): with room to spare it
+            // never refuses a request half-way, which would put part of a 503's events on the
+            // topic.
+            (
+                "queue.buffering.max.messages",
+                settings.queue_max_events.saturating_mul(2).to_string(),
+            ),
+            ("statistics.interval.ms", "1000".into()),
+            // Keep a connection to every known broker even when idle, so readiness (any broker
+            // connection up) does not flicker while no events flow.
+            ("enable.sparse.connections", "false".into()),
+            ("reconnect.backoff.max.ms", "1000".into()),
+        ],
+    )
 }
 
 pub struct EventProducer {

@@ -5,9 +5,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use eye_core::kafka::create_topics;
 use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
-use eye_devenv::testing::{services, unique_name, OwnedBroker};
+use eye_devenv::testing::{new_topic, services, unique_name, OwnedBroker};
 use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig};
 use eye_ingest::routes::Accepted;
@@ -54,10 +53,7 @@ struct Bridge {
 
 impl Bridge {
     async fn start(bootstrap: &str, adjust: impl FnOnce(&mut IngestConfig)) -> Bridge {
-        let topic = unique_name("raw");
-        create_topics(bootstrap, &[&topic], PARTITIONS)
-            .await
-            .unwrap();
+        let topic = new_topic(bootstrap, "raw", PARTITIONS).await;
         let mut config = IngestConfig::default();
         config.kafka.brokers = bootstrap.to_string();
         config.producer.topic = topic.clone();

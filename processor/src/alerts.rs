@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::dead_letter::acknowledged_producer;
 use crate::sink::within;
 use apache_avro::types::Value as Avro;
 use clickhouse::{Client, Row};
@@ -37,7 +36,7 @@ const ALERT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x3b9e_61d2_7a44_4f0e_9c15_d8a2
 const SAMPLE_SIZE: u64 = 5;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlertSettings {
     pub topic: String,
     /// Partitions the topic is created with when it does not exist.
@@ -65,6 +64,7 @@ impl Default for AlertSettings {
 /// What a rule counts, per key and window, and when the window is over the threshold: every
 /// condition given must hold.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AlertRule {
     pub name: String,
     /// The failures counted; every type when absent.
@@ -263,7 +263,7 @@ impl AlertEvaluator {
             settings,
             raw_topic: raw_topic.to_string(),
             client,
-            producer: acknowledged_producer(kafka)?,
+            producer: eye_core::kafka::acknowledged_producer(kafka)?,
             schema,
             owns_first_partition: Arc::default(),
             request_timeout,

@@ -11,7 +11,7 @@ use crate::dead_letter::DeadLetterSettings;
 use crate::session_updates::SessionUpdateSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProcessorConfig {
     /// Address of the health, readiness and metrics endpoints.
     pub listen: String,
@@ -45,7 +45,7 @@ impl Default for ProcessorConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConsumerSettings {
     pub topic: String,
     pub group_id: String,
@@ -75,7 +75,7 @@ impl Default for ConsumerSettings {
 /// When a batch is written to ClickHouse: at `max_events`, or `max_wait_ms` after its first
 /// event, whichever comes first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct BatchSettings {
     pub max_events: usize,
     pub max_wait_ms: u64,
@@ -91,7 +91,7 @@ impl Default for BatchSettings {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClickHouseSettings {
     /// HTTP endpoint.
     pub url: String,
@@ -116,7 +116,7 @@ impl Default for ClickHouseSettings {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ValidationSettings {
     /// How far an event's timestamp may lie after its `received_at` (client clocks run fast)
     /// before it is a `future_timestamp` failure.

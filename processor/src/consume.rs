@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use eye_core::kafka::{commit_within, headers_of};
+use eye_core::kafka::{client_config, commit_within, headers_of};
 use metrics::{counter, gauge, histogram};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -26,7 +26,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::Value as Json;
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, error, info, warn};
@@ -343,27 +343,27 @@ impl Pipeline {
         outputs: Outputs,
         readiness: Arc<Readiness>,
     ) -> Result<Self, PipelineError> {
-        let mut client = ClientConfig::new();
         let replay = matches!(source, Source::Range { .. });
-        client
-            .set("bootstrap.servers", &config.kafka.brokers)
-            .set("group.id", &config.consumer.group_id)
-            .set("auto.offset.reset", "earliest")
-            // A replay reads outside the group and commits nothing.
-            .set("enable.auto.commit", (!replay).to_string())
-            .set("auto.commit.interval.ms", "1000")
-            // Offsets are stored by hand once their batch is in ClickHouse.
-            .set("enable.auto.offset.store", "false")
-            // While ClickHouse is down the pipeline retries instead of polling; stay in the group.
-            .set("max.poll.interval.ms", "600000")
-            .set(
-                "session.timeout.ms",
-                config.consumer.session_timeout_ms.to_string(),
-            )
-            .set("statistics.interval.ms", "1000");
-        for (key, value) in &config.kafka.librdkafka {
-            client.set(key, value);
-        }
+        let client = client_config(
+            &config.kafka,
+            [
+                ("group.id", config.consumer.group_id.clone()),
+                ("auto.offset.reset", "earliest".into()),
+                // A replay reads outside the group and commits nothing.
+                ("enable.auto.commit", (!replay).to_string()),
+                ("auto.commit.interval.ms", "1000".into()),
+                // Offsets are stored by hand once their batch is in ClickHouse.
+                ("enable.auto.offset.store", "false".into()),
+                // While ClickHouse is down the pipeline retries instead of polling; stay in the
+                // group.
+                ("max.poll.interval.ms", "600000".into()),
+                (
+                    "session.timeout.ms",
+                    config.consumer.session_timeout_ms.to_string(),
+                ),
+                ("statistics.interval.ms", "1000".into()),
+            ],
+        );
         let progress = Arc::new(Mutex::new(Progress::default()));
         let owns_first_partition = Arc::new(AtomicBool::new(false));
         let consumer: StreamConsumer<PipelineContext> =

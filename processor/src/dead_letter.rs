@@ -21,7 +21,6 @@ use metrics::counter;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 use tracing::error;
@@ -33,7 +32,7 @@ use crate::sink::ErrorRow;
 pub const TRUNCATED_HEADER: &str = "eye.truncated";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeadLetterSettings {
     pub topic: String,
     /// Partitions the topic is created with when it does not exist.
@@ -50,22 +49,6 @@ impl Default for DeadLetterSettings {
             max_message_bytes: 1_000_000,
         }
     }
-}
-
-/// A producer for the topics the processor publishes (dead letters, alerts, session updates):
-/// every message acknowledged by all replicas, idempotent, compressed.
-pub fn acknowledged_producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5");
-    for (key, value) in &kafka.librdkafka {
-        config.set(key, value);
-    }
-    config.create()
 }
 
 /// A failed event: its `event_errors` row and the message's original key and headers.
@@ -90,7 +73,7 @@ impl DeadLetterSink {
         source_topic: &str,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: acknowledged_producer(kafka)?,
+            producer: eye_core::kafka::acknowledged_producer(kafka)?,
             topic: settings.topic.clone(),
             source_topic: source_topic.to_string(),
             max_message_bytes: settings.max_message_bytes,

@@ -46,8 +46,13 @@ pub enum StartError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    #[error("creating the dead-letter and alert topics: {0}")]
+    #[error("creating the processor's topics: {0}")]
     Topics(#[from] eye_core::kafka::TopicError),
+    #[error("creating the producer of {topic}: {source}")]
+    Producer {
+        topic: String,
+        source: rdkafka::error::KafkaError,
+    },
     #[error(transparent)]
     Alerts(#[from] AlertError),
     #[error(transparent)]
@@ -65,13 +70,13 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let (validator, sink) = prepare(&config).await?;
     eye_core::kafka::create_topics(
-        &config.kafka.brokers,
+        &config.kafka,
         &[&config.dead_letter.topic],
         config.dead_letter.partitions,
     )
     .await?;
     eye_core::kafka::create_topics(
-        &config.kafka.brokers,
+        &config.kafka,
         &[&config.alerts.topic],
         config.alerts.partitions,
     )
@@ -79,8 +84,12 @@ pub async fn run(
     let session_updates = session_updates(&config, &sink).await?;
     let alert_schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/alert.avsc"))?;
     let dead_letters =
-        DeadLetterSink::new(&config.kafka, &config.dead_letter, &config.consumer.topic)
-            .map_err(PipelineError::Kafka)?;
+        DeadLetterSink::new(&config.kafka, &config.dead_letter, &config.consumer.topic).map_err(
+            |source| StartError::Producer {
+                topic: config.dead_letter.topic.clone(),
+                source,
+            },
+        )?;
     let readiness = Arc::new(Readiness::new(
         Duration::from_millis(config.consumer.stalled_after_ms),
         Instant::now(),
@@ -159,15 +168,15 @@ pub(crate) async fn session_updates(
     if !settings.enabled {
         return Ok(None);
     }
-    eye_core::kafka::create_topics(
-        &config.kafka.brokers,
-        &[&settings.topic],
-        settings.partitions,
-    )
-    .await?;
+    eye_core::kafka::create_topics(&config.kafka, &[&settings.topic], settings.partitions).await?;
     let schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/session.avsc"))?;
     Ok(Some(
-        SessionUpdates::new(settings, &config.kafka, sink, schema).map_err(PipelineError::Kafka)?,
+        SessionUpdates::new(settings, &config.kafka, sink, schema).map_err(|source| {
+            StartError::Producer {
+                topic: settings.topic.clone(),
+                source,
+            }
+        })?,
     ))
 }
 

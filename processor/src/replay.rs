@@ -18,20 +18,39 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
+use eye_core::kafka::client_config;
 use eye_core::schemas::TopicSchema;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tracing::info;
 use uuid::Uuid;
 
 use crate::alerts::AlertEvaluator;
 use crate::config::ProcessorConfig;
-use crate::consume::{Outputs, Pipeline, PipelineError, Source, WrittenOffsets};
+use crate::consume::{Outputs, Pipeline, Source, WrittenOffsets};
 use crate::readiness::Readiness;
-use crate::sink::{ClickHouseSink, SinkError};
+use crate::sink::ClickHouseSink;
 use crate::StartError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("recording the replay in `replays`: {0}")]
+    Record(clickhouse::error::Error),
+    #[error("emptying the tables before the replay: {0}")]
+    EmptyTables(clickhouse::error::Error),
+    #[error("reading the raw topic's offsets for the replay: {0}")]
+    Plan(KafkaError),
+    #[error("merging the replayed tables: {0}")]
+    Merge(clickhouse::error::Error),
+    #[error(transparent)]
+    Schemas(#[from] eye_core::schemas::SchemaError),
+    #[error("the alert rules over the replayed tables: {0}")]
+    Alerts(#[from] crate::alerts::AlertError),
+}
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,7 +83,7 @@ pub async fn replay(
     from: Option<DateTime<Utc>>,
     on_plan: impl FnOnce(&Plan),
     mut on_progress: impl FnMut(&BTreeMap<i32, i64>),
-) -> Result<ReplaySummary, StartError> {
+) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let (validator, sink) = crate::prepare(&config).await?;
     let client = sink.client();
@@ -89,7 +108,7 @@ pub async fn replay(
             }
         }
     };
-    beat(0).await.map_err(SinkError::Retryable)?;
+    beat(0).await.map_err(ReplayError::Record)?;
     let (stop_heartbeat, mut heartbeat_stopped) = tokio::sync::watch::channel(false);
     let heartbeat = tokio::spawn({
         let beat = beat.clone();
@@ -115,7 +134,7 @@ pub async fn replay(
         None => empty_tables(&sink, &config.clickhouse.database).await?,
         Some(_) => Vec::new(),
     };
-    let plan = plan(&config, from).await.map_err(PipelineError::Kafka)?;
+    let plan = plan(&config, from).await.map_err(ReplayError::Plan)?;
     on_plan(&plan);
     info!(%replay_id, ?plan, tables = ?tables_emptied, "replay starting");
 
@@ -138,7 +157,8 @@ pub async fn replay(
             Duration::from_millis(config.consumer.stalled_after_ms),
             Instant::now(),
         )),
-    )?;
+    )
+    .map_err(StartError::from)?;
     let written: WrittenOffsets = pipeline.written_offsets();
     let run = tokio::spawn(pipeline.run(std::future::pending()));
     while !run.is_finished() {
@@ -156,7 +176,7 @@ pub async fn replay(
                 .query(&format!("OPTIMIZE TABLE `{table}` FINAL"))
                 .execute()
                 .await
-                .map_err(SinkError::Retryable)?;
+                .map_err(ReplayError::Merge)?;
         }
     }
     if !config.alerts.rules.is_empty() {
@@ -173,7 +193,7 @@ pub async fn replay(
     }
     let _ = stop_heartbeat.send(true);
     let _ = heartbeat.await;
-    beat(1).await.map_err(SinkError::Retryable)?;
+    beat(1).await.map_err(ReplayError::Record)?;
     let messages = plan.values().map(|(start, end)| end - start).sum();
     Ok(ReplaySummary {
         plan,
@@ -185,7 +205,7 @@ pub async fn replay(
 
 /// Empties every table of the database that holds data (views hold none; `replays` is the
 /// replay's own record); returns their names.
-async fn empty_tables(sink: &ClickHouseSink, database: &str) -> Result<Vec<String>, StartError> {
+async fn empty_tables(sink: &ClickHouseSink, database: &str) -> Result<Vec<String>, ReplayError> {
     let client = sink.client();
     let tables: Vec<String> = client
         .query(
@@ -196,13 +216,13 @@ async fn empty_tables(sink: &ClickHouseSink, database: &str) -> Result<Vec<Strin
         .bind(database)
         .fetch_all()
         .await
-        .map_err(SinkError::Retryable)?;
+        .map_err(ReplayError::EmptyTables)?;
     for table in &tables {
         client
             .query(&format!("TRUNCATE TABLE `{table}`"))
             .execute()
             .await
-            .map_err(SinkError::Retryable)?;
+            .map_err(ReplayError::EmptyTables)?;
     }
     Ok(tables)
 }
@@ -210,17 +230,16 @@ async fn empty_tables(sink: &ClickHouseSink, database: &str) -> Result<Vec<Strin
 /// Per partition, where to start (the log's start, or the first offset at or after `from`) and
 /// the end of the log now, from ListOffsets.
 async fn plan(config: &ProcessorConfig, from: Option<DateTime<Utc>>) -> Result<Plan, KafkaError> {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set(
-            "group.id",
-            format!("{}-replay-plan", config.consumer.group_id),
-        )
-        .set("enable.auto.commit", "false");
-    for (key, value) in &config.kafka.librdkafka {
-        client.set(key, value);
-    }
+    let client = client_config(
+        &config.kafka,
+        [
+            (
+                "group.id",
+                format!("{}-replay-plan", config.consumer.group_id),
+            ),
+            ("enable.auto.commit", "false".into()),
+        ],
+    );
     let topic = config.consumer.topic.clone();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = client.create()?;

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use tracing::error;
 use uuid::Uuid;
 
-use crate::dead_letter::acknowledged_producer;
 use crate::sink::{within, ClickHouseSink};
 
 /// Sessions read per query. The ids travel as one string literal, split in ClickHouse: a list of
@@ -30,7 +29,7 @@ const SESSIONS_PER_QUERY: usize = 100_000;
 const MAX_QUERY_SIZE: &str = "16777216";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SessionUpdateSettings {
     /// Publish session updates at all.
     pub enabled: bool,
@@ -95,7 +94,7 @@ impl SessionUpdates {
             topic: settings.topic.clone(),
             client: sink.client(),
             request_timeout: sink.request_timeout(),
-            producer: acknowledged_producer(kafka)?,
+            producer: eye_core::kafka::acknowledged_producer(kafka)?,
             schema,
         })
     }

@@ -93,8 +93,6 @@ pub enum SinkError {
     Retryable(clickhouse::error::Error),
     #[error("dead-letter topic unavailable: {0}")]
     DeadLetter(rdkafka::error::KafkaError),
-    #[error(transparent)]
-    SessionUpdates(#[from] crate::session_updates::SessionUpdateError),
 }
 
 impl SinkError {

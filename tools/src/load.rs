@@ -181,9 +181,13 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         },
         Target::Kafka => Sender::Kafka {
             producer: {
-                eye_core::kafka::create_topics(&args.brokers, &[&args.topic], args.partitions)
-                    .await
-                    .context("creating the topic")?;
+                eye_core::kafka::create_topics(
+                    &eye_core::settings::KafkaSettings::for_brokers(&args.brokers),
+                    &[&args.topic],
+                    args.partitions,
+                )
+                .await
+                .context("creating the topic")?;
                 ClientConfig::new()
                     .set("bootstrap.servers", &args.brokers)
                     .set("acks", "all")

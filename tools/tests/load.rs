@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use eye_core::kafka::create_topics;
-use eye_devenv::testing::{services, unique_name};
+use eye_devenv::testing::{new_topic, services, unique_name};
 use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig};
 use eye_processor::config::ProcessorConfig;
@@ -48,8 +47,7 @@ fn failures(summary: &Value) -> BTreeMap<String, u64> {
 async fn generated_traffic_reaches_the_processor_as_generated_over_both_targets() {
     let services = services();
     let bootstrap = services.broker.bootstrap();
-    let topic = unique_name("raw");
-    create_topics(&bootstrap, &[&topic], 4).await.unwrap();
+    let topic = new_topic(&bootstrap, "raw", 4).await;
 
     let mut ingest = IngestConfig::default();
     ingest.kafka.brokers = bootstrap.clone();

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use eye_core::kafka::create_topics;
-use eye_devenv::testing::{services, unique_name};
+use eye_devenv::testing::{new_topic, services, unique_name};
 use eye_processor::config::ProcessorConfig;
 
 fn repo(path: &str) -> PathBuf {
@@ -19,8 +18,7 @@ fn repo(path: &str) -> PathBuf {
 async fn json_and_avro_files_produced_directly_land_in_events() {
     let services = services();
     let bootstrap = services.broker.bootstrap();
-    let topic = unique_name("raw");
-    create_topics(&bootstrap, &[&topic], 2).await.unwrap();
+    let topic = new_topic(&bootstrap, "raw", 2).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.ndjson");
     let lines: Vec<String> = ["pageview", "cta_click", "form_submit"]

@@ -5,9 +5,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use eye_core::kafka::create_topics;
 use eye_devenv::clickhouse::ClickHouseServer;
-use eye_devenv::testing::{services, unique_name};
+use eye_devenv::testing::{new_topic, services, unique_name};
 use eye_processor::config::ProcessorConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
@@ -43,10 +42,7 @@ pub struct Setup {
 
 impl Setup {
     pub async fn new(bootstrap: &str, clickhouse: &ClickHouseServer) -> Setup {
-        let topic = unique_name("raw");
-        create_topics(bootstrap, &[&topic], PARTITIONS)
-            .await
-            .unwrap();
+        let topic = new_topic(bootstrap, "raw", PARTITIONS).await;
         Setup {
             bootstrap: bootstrap.to_string(),
             topic,

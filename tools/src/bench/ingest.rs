@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Args;
 use eye_core::kafka::create_topics;
+use eye_core::settings::KafkaSettings;
 use eye_ingest::config::IngestConfig;
 use eye_ingest::producer::client_config;
 use hdrhistogram::Histogram;
@@ -64,7 +65,9 @@ impl Broker {
     async fn create_topic(&self, purpose: &str) -> anyhow::Result<String> {
         let topic = format!("eye.bench.{purpose}.{}", Uuid::now_v7().simple());
         match self {
-            Broker::External(brokers) => create_topics(brokers, &[&topic], 4).await?,
+            Broker::External(brokers) => {
+                create_topics(&KafkaSettings::for_brokers(brokers), &[&topic], 4).await?
+            }
             Broker::Mock(cluster) => cluster.create_topic(&topic, 4, 1)?,
         }
         Ok(topic)

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use eye_core::kafka::create_topics;
 use eye_core::raw::EVENT_ID_HEADER;
+use eye_core::settings::KafkaSettings;
 use eye_ingest::routes::Accepted;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -53,7 +54,7 @@ struct Observed {
 
 pub async fn run(args: OverloadBench) -> anyhow::Result<()> {
     let topic = format!("eye.bench.overload.{}", Uuid::now_v7().simple());
-    create_topics(&args.brokers, &[&topic], 4).await?;
+    create_topics(&KafkaSettings::for_brokers(&args.brokers), &[&topic], 4).await?;
     let bridge = args.bridge.start(&args.brokers, &topic).await?;
     let idle_rss = peak_rss_kib(bridge.service.pid());
     println!("bridge peak RSS at rest: {} MiB", idle_rss / 1024);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use eye_core::kafka::create_topics;
+use eye_core::settings::KafkaSettings;
 use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -60,7 +61,12 @@ pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
     let run_id = Uuid::now_v7().simple().to_string();
     let topic = format!("eye.bench.{run_id}");
     let database = format!("eye_bench_{run_id}");
-    create_topics(&args.brokers, &[&topic], args.partitions).await?;
+    create_topics(
+        &KafkaSettings::for_brokers(&args.brokers),
+        &[&topic],
+        args.partitions,
+    )
+    .await?;
 
     // Fill the topic: the reference types in turn, every 1/share-th event invalid.
     let producer: FutureProducer = ClientConfig::new()

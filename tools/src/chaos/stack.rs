@@ -182,7 +182,12 @@ impl Stack {
         stack.kafka.start()?;
         stack.wait_clickhouse()?;
         stack.wait_broker()?;
-        eye_core::kafka::create_topics(&stack.broker.bootstrap(), &[RAW_TOPIC], PARTITIONS).await?;
+        eye_core::kafka::create_topics(
+            &eye_core::settings::KafkaSettings::for_brokers(stack.broker.bootstrap()),
+            &[RAW_TOPIC],
+            PARTITIONS,
+        )
+        .await?;
         stack.processor.start()?;
         stack.ingest.start()?;
         wait_ready("the processor", &stack.processor_ready_url).await?;
