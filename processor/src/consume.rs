@@ -27,18 +27,18 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use serde_json::Value as Json;
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
+use crate::batch::Batch;
 use crate::config::ProcessorConfig;
-use crate::dead_letter::{DeadLetterSink, FailedMessage};
+use crate::dead_letter::DeadLetterSink;
 use crate::readiness::{ConsumerReport, Readiness};
+use crate::rows::{ErrorRow, FailedMessage, WatermarkRow};
 use crate::session_updates::SessionUpdates;
-use crate::sink::{ClickHouseSink, ErrorRow, EventRow, SinkError, WatermarkRow};
-use crate::validate::{Envelope, ErrorType, FailedEvent, Transport, ValidEvent, Validator};
-use eye_core::timestamp::split_seconds;
+use crate::sink::{ClickHouseSink, SinkError};
+use crate::validate::{Envelope, Transport, Validator};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the final commit and the consumer's close.
@@ -214,72 +214,6 @@ fn lock(progress: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
 pub enum PipelineError {
     #[error("creating the Kafka consumer: {0}")]
     Kafka(#[from] KafkaError),
-}
-
-/// What one batch holds until it is in ClickHouse.
-#[derive(Default)]
-struct Batch {
-    events: Vec<EventRow>,
-    errors: Vec<FailedMessage>,
-    /// Per partition, the offset after the last message in the batch.
-    next_offsets: BTreeMap<i32, i64>,
-    opened: Option<Instant>,
-}
-
-impl Batch {
-    fn len(&self) -> usize {
-        self.events.len() + self.errors.len()
-    }
-
-    /// The sessions the batch touches: of its events, and of its failures naming one.
-    fn sessions(&self) -> BTreeSet<(String, Uuid)> {
-        self.events
-            .iter()
-            .map(|row| (row.application.clone(), row.session_id))
-            .chain(
-                self.errors
-                    .iter()
-                    .filter(|failed| !failed.row.session_id.is_nil())
-                    .map(|failed| (failed.row.application.clone(), failed.row.session_id)),
-            )
-            .collect()
-    }
-
-    /// Per partition, the lowest offset the batch holds.
-    fn first_offsets(&self) -> BTreeMap<i32, i64> {
-        let mut first = BTreeMap::new();
-        let offsets = self
-            .events
-            .iter()
-            .map(|row| (row.kafka_partition, row.kafka_offset as i64))
-            .chain(
-                self.errors
-                    .iter()
-                    .map(|failed| (failed.row.kafka_partition, failed.row.kafka_offset as i64)),
-            );
-        for (partition, offset) in offsets {
-            first
-                .entry(partition)
-                .and_modify(|lowest: &mut i64| *lowest = (*lowest).min(offset))
-                .or_insert(offset);
-        }
-        first
-    }
-
-    /// Drops the rows and offsets of `partitions`; returns how many rows went.
-    fn release(&mut self, partitions: &[i32]) -> usize {
-        let before = self.len();
-        self.events
-            .retain(|row| !partitions.contains(&row.kafka_partition));
-        self.errors
-            .retain(|failed| !partitions.contains(&failed.row.kafka_partition));
-        self.next_offsets
-            .retain(|partition, _| !partitions.contains(partition));
-        if self.len() == 0 {
-            self.opened = None;
-        }
-        before - self.len()
-    }
 }
 
 /// Where the pipeline reads.
@@ -507,19 +441,14 @@ impl Pipeline {
         {
             Ok(valid) => {
                 counter!("eye_processor_events_total", "outcome" => "valid").increment(1);
-                batch.events.push(event_row(valid, partition, offset));
+                batch.events.push(valid.into_row(partition, offset));
             }
             Err(failed) => {
                 counter!("eye_processor_events_total", "outcome" => "invalid").increment(1);
                 counter!("eye_processor_failures_total", "error_type" => failed.failure.error_type.as_str())
                     .increment(1);
                 batch.errors.push(FailedMessage {
-                    row: error_row(
-                        failed,
-                        message.payload().unwrap_or_default(),
-                        partition,
-                        offset,
-                    ),
+                    row: failed.into_row(message.payload().unwrap_or_default(), partition, offset),
                     key: message.key().map(<[u8]>::to_vec),
                     headers: headers_of(message)
                         .into_iter()
@@ -746,7 +675,7 @@ impl Pipeline {
         for row in std::mem::take(&mut batch.events) {
             match self.sink.insert_events(std::slice::from_ref(&row)).await {
                 Err(SinkError::Permanent(error)) => batch.errors.push(FailedMessage {
-                    row: refused_row(row, &error.to_string()),
+                    row: ErrorRow::refused(row, &error.to_string()),
                     key: None,
                     headers: Vec::new(),
                 }),
@@ -878,75 +807,5 @@ fn transport_of<'m>(message: &'m BorrowedMessage<'_>) -> Transport<'m> {
         offset: message.offset(),
         timestamp_ms: message.timestamp().to_millis(),
         headers: headers_of(message),
-    }
-}
-
-fn event_row(valid: ValidEvent, partition: i32, offset: i64) -> EventRow {
-    let (timestamp, timestamp_us) = split_seconds(valid.timestamp);
-    let (received_at, received_at_us) = split_seconds(valid.stamp.received_at);
-    let text = |key: &str| {
-        valid
-            .data
-            .get(key)
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    EventRow {
-        event_id: valid.stamp.event_id,
-        application: valid.stamp.application,
-        session_id: valid.session_id,
-        category: valid.category,
-        name: valid.name,
-        timestamp,
-        timestamp_us,
-        received_at,
-        received_at_us,
-        host: text("host"),
-        path: text("path"),
-        data: Json::Object(valid.data).to_string(),
-        schema_version: valid.schema_version as u16,
-        kafka_partition: partition,
-        // Kafka offsets are never negative.
-        kafka_offset: offset as u64,
-    }
-}
-
-fn error_row(failed: FailedEvent, raw: &[u8], partition: i32, offset: i64) -> ErrorRow {
-    let (received_at, received_at_us) = split_seconds(failed.stamp.received_at);
-    ErrorRow {
-        event_id: failed.stamp.event_id,
-        application: failed.stamp.application,
-        session_id: failed.session_id.unwrap_or(Uuid::nil()),
-        error_type: failed.failure.error_type.as_str().to_string(),
-        reason: failed.failure.reason,
-        field_path: failed.failure.field_path,
-        category: failed.category,
-        name: failed.name,
-        raw: raw.to_vec(),
-        received_at,
-        received_at_us,
-        kafka_partition: partition,
-        // Kafka offsets are never negative.
-        kafka_offset: offset as u64,
-    }
-}
-
-fn refused_row(row: EventRow, reason: &str) -> ErrorRow {
-    ErrorRow {
-        event_id: row.event_id,
-        application: row.application,
-        session_id: row.session_id,
-        error_type: ErrorType::SinkRejected.as_str().to_string(),
-        reason: format!("ClickHouse refused the row: {reason}"),
-        // The original bytes are not kept past validation; the validated payload stands in.
-        field_path: String::new(),
-        category: row.category,
-        name: row.name,
-        raw: row.data.into_bytes(),
-        received_at: row.received_at,
-        received_at_us: row.received_at_us,
-        kafka_partition: row.kafka_partition,
-        kafka_offset: row.kafka_offset,
     }
 }

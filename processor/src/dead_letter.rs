@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::error;
 use uuid::Uuid;
 
-use crate::sink::ErrorRow;
+use crate::rows::FailedMessage;
 
 /// Set on a dead letter cut to fit the broker's message size: what was cut.
 pub const TRUNCATED_HEADER: &str = "eye.truncated";
@@ -49,14 +49,6 @@ impl Default for DeadLetterSettings {
             max_message_bytes: 1_000_000,
         }
     }
-}
-
-/// A failed event: its `event_errors` row and the message's original key and headers.
-#[derive(Debug, Clone)]
-pub struct FailedMessage {
-    pub row: ErrorRow,
-    pub key: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 pub struct DeadLetterSink {
@@ -228,7 +220,7 @@ fn prefix(text: &str, max: usize) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::ErrorRow;
+    use crate::rows::ErrorRow;
 
     fn failed(raw_bytes: usize, header_bytes: usize) -> FailedMessage {
         FailedMessage {

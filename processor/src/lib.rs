@@ -2,16 +2,20 @@
 //! event or a typed failure, and writes each to exactly one ClickHouse table.
 //!
 //! Follow an event: [`consume`] (Kafka, batching, offsets) → [`validate`] (schemas from
-//! `eye_core::schemas`, timestamps from `eye_core::timestamp`) → [`sink`] (ClickHouse), and
-//! for failures also [`dead_letter`] (the dead-letter topic). [`alerts`] judges the failure
-//! counts in ClickHouse and publishes the error-alert topic.
+//! `eye_core::schemas`, timestamps from `eye_core::timestamp`; the [`failure`] kinds) → a row
+//! of [`rows`] in the batch → [`sink`] (ClickHouse), and for failures also [`dead_letter`] (the
+//! dead-letter topic). [`alerts`] judges the failure counts in ClickHouse and publishes the
+//! error-alert topic.
 
 pub mod alerts;
+mod batch;
 pub mod config;
 pub mod consume;
 pub mod dead_letter;
+pub mod failure;
 pub mod readiness;
 pub mod replay;
+pub mod rows;
 pub mod session_updates;
 pub mod sink;
 pub mod validate;

@@ -8,77 +8,9 @@ use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::config::ClickHouseSettings;
-
-/// A row of `events` (and, through the materialized view, of `events_by_session`).
-#[derive(Debug, Clone, Row, Serialize)]
-pub struct EventRow {
-    #[serde(with = "clickhouse::serde::uuid")]
-    pub event_id: Uuid,
-    pub application: String,
-    #[serde(with = "clickhouse::serde::uuid")]
-    pub session_id: Uuid,
-    pub category: String,
-    pub name: String,
-    pub timestamp: u32,
-    pub timestamp_us: u32,
-    pub received_at: u32,
-    pub received_at_us: u32,
-    pub host: String,
-    pub path: String,
-    pub data: String,
-    pub schema_version: u16,
-    pub kafka_partition: i32,
-    pub kafka_offset: u64,
-}
-
-/// A row of `event_errors`.
-#[derive(Debug, Clone, Row, Serialize)]
-pub struct ErrorRow {
-    #[serde(with = "clickhouse::serde::uuid")]
-    pub event_id: Uuid,
-    pub application: String,
-    /// The nil UUID when the event names no valid session.
-    #[serde(with = "clickhouse::serde::uuid")]
-    pub session_id: Uuid,
-    pub error_type: String,
-    pub reason: String,
-    pub field_path: String,
-    pub category: String,
-    pub name: String,
-    /// The message value exactly as received (any bytes; ClickHouse `String` holds bytes); for
-    /// `sink_rejected`, the validated payload.
-    #[serde(with = "serde_bytes_as_string")]
-    pub raw: Vec<u8>,
-    pub received_at: u32,
-    pub received_at_us: u32,
-    pub kafka_partition: i32,
-    pub kafka_offset: u64,
-}
-
-/// A progress report for one raw-topic partition, into `watermark_updates`.
-#[derive(Debug, Clone, Row, Serialize)]
-pub struct WatermarkRow {
-    pub topic: String,
-    pub partition: i32,
-    /// Every message before this offset is written.
-    pub next_offset: i64,
-    pub high_watermark: i64,
-    pub lag: i64,
-    /// Latest event time and received time written from the partition (0 when none).
-    pub event_time: u32,
-    pub received_time: u32,
-    pub updated_at: u32,
-}
-
-/// RowBinary writes a `String` as length + bytes, which is what a byte slice serialises to.
-mod serde_bytes_as_string {
-    pub fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(bytes)
-    }
-}
+use crate::rows::{ErrorRow, EventRow, WatermarkRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -20,90 +20,23 @@
 //!    reason names the field path;
 //! 9. `future_timestamp` — `timestamp` later than `received_at` plus the configured tolerance.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
+mod avro;
+mod envelope;
 
-use apache_avro::types::Value as Avro;
 use chrono::{DateTime, Utc};
-use eye_core::convert::{json_kind, json_to_avro, ConversionError, MismatchKind};
+use eye_core::convert::{json_kind, json_to_avro};
 use eye_core::raw::Stamp;
-use eye_core::schemas::{EventSchema, SchemaRegistry, SINGLE_OBJECT_MARKER};
+use eye_core::schemas::{SchemaRegistry, SINGLE_OBJECT_MARKER};
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
-use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
-use eye_core::timestamp::{in_datetime_range, parse_event_time};
+use eye_core::timestamp::{parse_event_time, split_seconds};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorType {
-    InvalidEnvelope,
-    MalformedJson,
-    UnknownSchema,
-    InvalidAvro,
-    MissingField,
-    InvalidType,
-    UnexpectedField,
-    InvalidSessionId,
-    InvalidTimestamp,
-    UnknownEventType,
-    InvalidData,
-    FutureTimestamp,
-    /// Valid, but ClickHouse refused the row (recorded by the sink, not by validation).
-    SinkRejected,
-}
+pub use crate::failure::{ErrorType, Failure};
+use crate::rows::{ErrorRow, EventRow};
+pub use envelope::{Envelope, Transport, MAX_APPLICATION_BYTES};
 
-impl ErrorType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorType::InvalidEnvelope => "invalid_envelope",
-            ErrorType::MalformedJson => "malformed_json",
-            ErrorType::UnknownSchema => "unknown_schema",
-            ErrorType::InvalidAvro => "invalid_avro",
-            ErrorType::MissingField => "missing_field",
-            ErrorType::InvalidType => "invalid_type",
-            ErrorType::UnexpectedField => "unexpected_field",
-            ErrorType::InvalidSessionId => "invalid_session_id",
-            ErrorType::InvalidTimestamp => "invalid_timestamp",
-            ErrorType::UnknownEventType => "unknown_event_type",
-            ErrorType::InvalidData => "invalid_data",
-            ErrorType::FutureTimestamp => "future_timestamp",
-            ErrorType::SinkRejected => "sink_rejected",
-        }
-    }
-}
-
-/// Why an event failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub error_type: ErrorType,
-    pub reason: String,
-    /// The offending field, e.g. `data.form.first_name`; empty when the whole message is at fault.
-    pub field_path: String,
-}
-
-impl Failure {
-    fn new(error_type: ErrorType, field_path: &str, reason: impl Into<String>) -> Self {
-        Failure {
-            error_type,
-            reason: reason.into(),
-            field_path: field_path.to_string(),
-        }
-    }
-}
-
-impl From<ConversionError> for Failure {
-    fn from(error: ConversionError) -> Self {
-        let error_type = match error.kind {
-            MismatchKind::UnexpectedField => ErrorType::UnexpectedField,
-            MismatchKind::InvalidData => ErrorType::InvalidData,
-        };
-        Failure {
-            error_type,
-            reason: error.reason,
-            field_path: error.path,
-        }
-    }
-}
+use avro::{hex_string, AvroEvent};
 
 /// A valid event, ready for the sink.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +51,41 @@ pub struct ValidEvent {
     pub schema_version: u32,
 }
 
+impl ValidEvent {
+    /// The event's `events` row, read from `partition` at `offset`.
+    pub fn into_row(self, partition: i32, offset: i64) -> EventRow {
+        let valid = self;
+        let (timestamp, timestamp_us) = split_seconds(valid.timestamp);
+        let (received_at, received_at_us) = split_seconds(valid.stamp.received_at);
+        let text = |key: &str| {
+            valid
+                .data
+                .get(key)
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        EventRow {
+            event_id: valid.stamp.event_id,
+            application: valid.stamp.application,
+            session_id: valid.session_id,
+            category: valid.category,
+            name: valid.name,
+            timestamp,
+            timestamp_us,
+            received_at,
+            received_at_us,
+            host: text("host"),
+            path: text("path"),
+            data: Json::Object(valid.data).to_string(),
+            schema_version: valid.schema_version as u16,
+            kafka_partition: partition,
+            // Kafka offsets are never negative.
+            kafka_offset: offset as u64,
+        }
+    }
+}
+
 /// A failed event: its identity, what could be read of its type, and why it failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailedEvent {
@@ -129,136 +97,27 @@ pub struct FailedEvent {
     pub failure: Failure,
 }
 
-/// What the message's transport says about the event (bridge headers or derived values).
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    /// The bridge's `eye.event_id` header, if any.
-    pub event_id: Option<Uuid>,
-    /// Used when neither a header nor the event itself carries an id (nil when the header
-    /// carries one: it is then never used).
-    pub derived_event_id: Uuid,
-    pub received_at: DateTime<Utc>,
-    pub application: String,
-    /// Why the headers or the Kafka timestamp cannot be stored (`invalid_envelope`).
-    pub fault: Option<Failure>,
-}
-
-/// A raw-topic message's Kafka side, as read.
-#[derive(Debug, Clone, Default)]
-pub struct Transport<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    /// The message's Kafka timestamp (ms), when it has one.
-    pub timestamp_ms: Option<i64>,
-    /// Every header in order; a header may repeat (the first counts) or have no value.
-    pub headers: Vec<(Cow<'a, str>, Option<&'a [u8]>)>,
-}
-
-/// Namespace of the event ids derived from a message's topic, partition and offset.
-const DERIVED_EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c0e_92d4_4c6b_b1e8_5e7d_0c2a_9f41);
-/// The longest application id stored (ids are short names; a header is not a payload).
-pub const MAX_APPLICATION_BYTES: usize = 256;
-
-impl Envelope {
-    /// What the transport says, completed deterministically from the message itself, so a
-    /// replay stamps the same.
-    pub fn of(transport: &Transport<'_>, default_application: &str) -> Envelope {
-        let header = |name: &str| {
-            transport
-                .headers
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.unwrap_or_default())
-        };
-        let mut fault = None;
-        let mut fail = |field: &str, reason: String| {
-            fault.get_or_insert_with(|| Failure::new(ErrorType::InvalidEnvelope, field, reason));
-        };
-        let kafka_time = transport
-            .timestamp_ms
-            .and_then(DateTime::from_timestamp_millis);
-        let received_at = match header(RECEIVED_AT_HEADER) {
-            Some(bytes) => {
-                let parsed = std::str::from_utf8(bytes)
-                    .ok()
-                    .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
-                    .map(|at| at.with_timezone(&Utc))
-                    .filter(|at| in_datetime_range(*at));
-                if parsed.is_none() {
-                    fail(
-                        RECEIVED_AT_HEADER,
-                        format!(
-                            "{RECEIVED_AT_HEADER} {:?} is not an RFC 3339 time between 1970 and 2106-02-07",
-                            String::from_utf8_lossy(&bytes[..bytes.len().min(64)])
-                        ),
-                    );
-                }
-                parsed
-            }
-            // Kafka stamps every message since 0.10; a message without a time is judged by now.
-            None => match kafka_time {
-                None if transport.timestamp_ms.is_none() => Some(Utc::now()),
-                Some(at) if in_datetime_range(at) => Some(at),
-                _ => {
-                    fail(
-                        "",
-                        format!(
-                            "the Kafka timestamp {} ms is not between 1970 and 2106-02-07",
-                            transport.timestamp_ms.unwrap_or_default()
-                        ),
-                    );
-                    None
-                }
-            },
-        }
-        .or(kafka_time.filter(|at| in_datetime_range(*at)))
-        .unwrap_or(DateTime::UNIX_EPOCH);
-        let application = match header(APPLICATION_HEADER) {
-            None => default_application.to_string(),
-            Some(bytes) => match std::str::from_utf8(bytes) {
-                Ok(text) if !text.is_empty() && text.len() <= MAX_APPLICATION_BYTES => {
-                    text.to_string()
-                }
-                Ok(text) => {
-                    fail(
-                        APPLICATION_HEADER,
-                        format!(
-                            "{APPLICATION_HEADER} is {} bytes; an application id has 1 to {MAX_APPLICATION_BYTES}",
-                            text.len()
-                        ),
-                    );
-                    default_application.to_string()
-                }
-                Err(_) => {
-                    fail(
-                        APPLICATION_HEADER,
-                        format!("{APPLICATION_HEADER} is not UTF-8"),
-                    );
-                    default_application.to_string()
-                }
-            },
-        };
-        let event_id = header(EVENT_ID_HEADER)
-            .and_then(|bytes| std::str::from_utf8(bytes).ok())
-            .and_then(|text| Uuid::parse_str(text).ok());
-        // Hashed only when no header carries an id (the bridge always sets one).
-        let derived_event_id = match event_id {
-            Some(_) => Uuid::nil(),
-            None => {
-                let derived = format!(
-                    "{}/{}/{}",
-                    transport.topic, transport.partition, transport.offset
-                );
-                Uuid::new_v5(&DERIVED_EVENT_ID_NAMESPACE, derived.as_bytes())
-            }
-        };
-        Envelope {
-            event_id,
-            derived_event_id,
+impl FailedEvent {
+    /// The failure's `event_errors` row: `raw` is the message value, read from `partition` at
+    /// `offset`.
+    pub fn into_row(self, raw: &[u8], partition: i32, offset: i64) -> ErrorRow {
+        let failed = self;
+        let (received_at, received_at_us) = split_seconds(failed.stamp.received_at);
+        ErrorRow {
+            event_id: failed.stamp.event_id,
+            application: failed.stamp.application,
+            session_id: failed.session_id.unwrap_or(Uuid::nil()),
+            error_type: failed.failure.error_type.as_str().to_string(),
+            reason: failed.failure.reason,
+            field_path: failed.failure.field_path,
+            category: failed.category,
+            name: failed.name,
+            raw: raw.to_vec(),
             received_at,
-            application,
-            fault,
+            received_at_us,
+            kafka_partition: partition,
+            // Kafka offsets are never negative.
+            kafka_offset: offset as u64,
         }
     }
 }
@@ -572,93 +431,59 @@ impl Validator {
     }
 }
 
-/// The fields of a decoded Avro event record.
-struct AvroEvent {
-    event_id: Uuid,
-    application: String,
-    session_id: Uuid,
-    category: String,
-    name: String,
-    timestamp: DateTime<Utc>,
-    received_at: DateTime<Utc>,
-    data: Map<String, Json>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
 
-impl AvroEvent {
-    fn from_value(value: Avro, schema: &EventSchema) -> Result<Self, Failure> {
-        let Avro::Record(fields) = value else {
-            return Err(Failure::new(
-                ErrorType::InvalidAvro,
-                "",
-                "the datum is not a record",
-            ));
-        };
-        let mut fields: HashMap<String, Avro> = fields.into_iter().collect();
-        let mut take = |key: &str| {
-            fields.remove(key).ok_or_else(|| {
-                Failure::new(
-                    ErrorType::InvalidAvro,
-                    key,
-                    format!("{key} missing from the datum"),
-                )
-            })
-        };
-        let invalid = |key: &str, what: &str| {
-            Failure::new(ErrorType::InvalidAvro, key, format!("{key} is not {what}"))
-        };
-        let uuid = |key: &str, value: Avro| match value {
-            Avro::Uuid(id) => Ok(id),
-            Avro::String(text) => Uuid::parse_str(&text).map_err(|_| invalid(key, "a UUID")),
-            _ => Err(invalid(key, "a UUID")),
-        };
-        let string = |key: &str, value: Avro| match value {
-            Avro::String(text) => Ok(text),
-            _ => Err(invalid(key, "a string")),
-        };
-        let micros = |key: &str, value: Avro| match value {
-            Avro::TimestampMicros(micros) | Avro::Long(micros) => {
-                DateTime::from_timestamp_micros(micros)
-                    .filter(|at| in_datetime_range(*at))
-                    .ok_or_else(|| invalid(key, "a time between 1970 and 2106-02-07"))
-            }
-            _ => Err(invalid(key, "timestamp-micros")),
-        };
-        let event_id = uuid("event_id", take("event_id")?)?;
-        let application = string("application", take("application")?)?;
-        if application.is_empty() || application.len() > MAX_APPLICATION_BYTES {
-            return Err(invalid(
-                "application",
-                &format!("an application id of 1 to {MAX_APPLICATION_BYTES} bytes"),
-            ));
+    fn stamp() -> Stamp {
+        Stamp {
+            event_id: Uuid::from_u128(7),
+            received_at: Utc.timestamp_opt(1_609_492_527, 243_861_000).unwrap(),
+            application: "shop".into(),
         }
-        let session_id = uuid("session_id", take("session_id")?)?;
-        let category = string("category", take("category")?)?;
-        let name = string("name", take("name")?)?;
-        let timestamp = micros("timestamp", take("timestamp")?)?;
-        let received_at = micros("received_at", take("received_at")?)?;
-        let data = match serde_json::Value::try_from(take("data")?) {
-            Ok(Json::Object(data)) => data,
-            _ => {
-                return Err(Failure::new(
-                    ErrorType::InvalidAvro,
-                    "data",
-                    format!("data is not a {:?} record", schema.name),
-                ))
-            }
-        };
-        Ok(AvroEvent {
-            event_id,
-            application,
-            session_id,
-            category,
-            name,
-            timestamp,
-            received_at,
-            data,
-        })
     }
-}
 
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    #[test]
+    fn a_valid_events_row_splits_its_times_into_seconds_and_microseconds() {
+        let data = serde_json::json!({"host": "www.example.com", "path": "/", "n": 1});
+        let valid = ValidEvent {
+            stamp: stamp(),
+            session_id: Uuid::from_u128(9),
+            category: "page interaction".into(),
+            name: "pageview".into(),
+            timestamp: Utc.timestamp_opt(1_609_492_527, 243_860_000).unwrap(),
+            data: data.as_object().unwrap().clone(),
+            schema_version: 2,
+        };
+        let row = valid.into_row(3, 41);
+        assert_eq!((row.timestamp, row.timestamp_us), (1_609_492_527, 243_860));
+        assert_eq!(
+            (row.received_at, row.received_at_us),
+            (1_609_492_527, 243_861)
+        );
+        assert_eq!(
+            (row.host.as_str(), row.path.as_str()),
+            ("www.example.com", "/")
+        );
+        assert_eq!(serde_json::from_str::<Json>(&row.data).unwrap(), data);
+        assert_eq!((row.kafka_partition, row.kafka_offset), (3, 41));
+        assert_eq!((row.application.as_str(), row.schema_version), ("shop", 2));
+    }
+
+    #[test]
+    fn a_failures_row_keeps_the_raw_bytes_and_a_nil_session_when_none_is_named() {
+        let failed = FailedEvent {
+            stamp: stamp(),
+            session_id: None,
+            category: String::new(),
+            name: String::new(),
+            failure: Failure::new(ErrorType::MalformedJson, "", "not JSON"),
+        };
+        let row = failed.into_row(b"\xff{", 1, 5);
+        assert_eq!(row.raw, b"\xff{");
+        assert!(row.session_id.is_nil());
+        assert_eq!(row.error_type, "malformed_json");
+        assert_eq!((row.kafka_partition, row.kafka_offset), (1, 5));
+    }
 }

@@ -1,0 +1,148 @@
+//! A batch: the rows read since the last write, until they are in ClickHouse, and per
+//! partition the offset to store once they are.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::rows::{EventRow, FailedMessage};
+
+/// What one batch holds until it is in ClickHouse.
+#[derive(Default)]
+pub struct Batch {
+    pub events: Vec<EventRow>,
+    pub errors: Vec<FailedMessage>,
+    /// Per partition, the offset after the last message in the batch.
+    pub next_offsets: BTreeMap<i32, i64>,
+    pub opened: Option<Instant>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.events.len() + self.errors.len()
+    }
+
+    /// The sessions the batch touches: of its events, and of its failures naming one.
+    pub fn sessions(&self) -> BTreeSet<(String, Uuid)> {
+        self.events
+            .iter()
+            .map(|row| (row.application.clone(), row.session_id))
+            .chain(
+                self.errors
+                    .iter()
+                    .filter(|failed| !failed.row.session_id.is_nil())
+                    .map(|failed| (failed.row.application.clone(), failed.row.session_id)),
+            )
+            .collect()
+    }
+
+    /// Per partition, the lowest offset the batch holds.
+    pub fn first_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut first = BTreeMap::new();
+        let offsets = self
+            .events
+            .iter()
+            .map(|row| (row.kafka_partition, row.kafka_offset as i64))
+            .chain(
+                self.errors
+                    .iter()
+                    .map(|failed| (failed.row.kafka_partition, failed.row.kafka_offset as i64)),
+            );
+        for (partition, offset) in offsets {
+            first
+                .entry(partition)
+                .and_modify(|lowest: &mut i64| *lowest = (*lowest).min(offset))
+                .or_insert(offset);
+        }
+        first
+    }
+
+    /// Drops the rows and offsets of `partitions`; returns how many rows went.
+    pub fn release(&mut self, partitions: &[i32]) -> usize {
+        let before = self.len();
+        self.events
+            .retain(|row| !partitions.contains(&row.kafka_partition));
+        self.errors
+            .retain(|failed| !partitions.contains(&failed.row.kafka_partition));
+        self.next_offsets
+            .retain(|partition, _| !partitions.contains(partition));
+        if self.len() == 0 {
+            self.opened = None;
+        }
+        before - self.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::ErrorRow;
+
+    fn event(partition: i32, offset: u64, session: u128) -> EventRow {
+        EventRow {
+            event_id: Uuid::new_v4(),
+            application: "shop".into(),
+            session_id: Uuid::from_u128(session),
+            category: "page interaction".into(),
+            name: "pageview".into(),
+            timestamp: 0,
+            timestamp_us: 0,
+            received_at: 0,
+            received_at_us: 0,
+            host: String::new(),
+            path: String::new(),
+            data: "{}".into(),
+            schema_version: 1,
+            kafka_partition: partition,
+            kafka_offset: offset,
+        }
+    }
+
+    fn failure(partition: i32, offset: u64, session: u128) -> FailedMessage {
+        FailedMessage {
+            row: ErrorRow::refused(event(partition, offset, session), "test"),
+            key: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn batch() -> Batch {
+        Batch {
+            events: vec![event(0, 5, 1), event(1, 7, 2), event(0, 6, 1)],
+            errors: vec![failure(1, 3, 0), failure(2, 9, 3)],
+            next_offsets: BTreeMap::from([(0, 7), (1, 8), (2, 10)]),
+            opened: Some(Instant::now()),
+        }
+    }
+
+    #[test]
+    fn sessions_are_those_of_events_and_of_failures_naming_one() {
+        let sessions: Vec<u128> = batch()
+            .sessions()
+            .into_iter()
+            .map(|(_, session)| session.as_u128())
+            .collect();
+        assert_eq!(sessions, [1, 2, 3], "the nil session of a failure is none");
+    }
+
+    #[test]
+    fn first_offsets_are_the_lowest_per_partition_over_events_and_failures() {
+        assert_eq!(
+            batch().first_offsets(),
+            BTreeMap::from([(0, 5), (1, 3), (2, 9)])
+        );
+    }
+
+    #[test]
+    fn releasing_partitions_drops_their_rows_and_offsets_only() {
+        let mut batch = batch();
+        assert_eq!(batch.release(&[1]), 2);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.next_offsets, BTreeMap::from([(0, 7), (2, 10)]));
+        assert!(batch.opened.is_some());
+        assert_eq!(batch.release(&[0, 2]), 3);
+        assert_eq!(batch.len(), 0);
+        assert!(batch.opened.is_none(), "an empty batch is not open");
+    }
+}

@@ -1,0 +1,142 @@
+//! The rows the processor writes: one struct per ClickHouse table it inserts into, and a failed
+//! message as the batch holds it (its row, and what the dead letter needs besides).
+
+use clickhouse::Row;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::failure::ErrorType;
+
+/// A row of `events` (and, through the materialized view, of `events_by_session`).
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct EventRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    pub application: String,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub session_id: Uuid,
+    pub category: String,
+    pub name: String,
+    pub timestamp: u32,
+    pub timestamp_us: u32,
+    pub received_at: u32,
+    pub received_at_us: u32,
+    pub host: String,
+    pub path: String,
+    pub data: String,
+    pub schema_version: u16,
+    pub kafka_partition: i32,
+    pub kafka_offset: u64,
+}
+
+/// A row of `event_errors`.
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct ErrorRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    pub application: String,
+    /// The nil UUID when the event names no valid session.
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub session_id: Uuid,
+    pub error_type: String,
+    pub reason: String,
+    pub field_path: String,
+    pub category: String,
+    pub name: String,
+    /// The message value exactly as received (any bytes; ClickHouse `String` holds bytes); for
+    /// `sink_rejected`, the validated payload.
+    #[serde(with = "serde_bytes_as_string")]
+    pub raw: Vec<u8>,
+    pub received_at: u32,
+    pub received_at_us: u32,
+    pub kafka_partition: i32,
+    pub kafka_offset: u64,
+}
+
+/// A progress report for one raw-topic partition, into `watermark_updates`.
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct WatermarkRow {
+    pub topic: String,
+    pub partition: i32,
+    /// Every message before this offset is written.
+    pub next_offset: i64,
+    pub high_watermark: i64,
+    pub lag: i64,
+    /// Latest event time and received time written from the partition (0 when none).
+    pub event_time: u32,
+    pub received_time: u32,
+    pub updated_at: u32,
+}
+
+/// RowBinary writes a `String` as length + bytes, which is what a byte slice serialises to.
+mod serde_bytes_as_string {
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+}
+
+/// A failed event: its `event_errors` row and the message's original key and headers.
+#[derive(Debug, Clone)]
+pub struct FailedMessage {
+    pub row: ErrorRow,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ErrorRow {
+    /// An event row ClickHouse refused on its own, as a `sink_rejected` failure.
+    pub fn refused(row: EventRow, reason: &str) -> ErrorRow {
+        ErrorRow {
+            event_id: row.event_id,
+            application: row.application,
+            session_id: row.session_id,
+            error_type: ErrorType::SinkRejected.as_str().to_string(),
+            reason: format!("ClickHouse refused the row: {reason}"),
+            // The original bytes are not kept past validation; the validated payload stands in.
+            field_path: String::new(),
+            category: row.category,
+            name: row.name,
+            raw: row.data.into_bytes(),
+            received_at: row.received_at,
+            received_at_us: row.received_at_us,
+            kafka_partition: row.kafka_partition,
+            kafka_offset: row.kafka_offset,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_event_becomes_a_sink_rejected_failure_at_the_same_place() {
+        let row = EventRow {
+            event_id: Uuid::from_u128(1),
+            application: "shop".into(),
+            session_id: Uuid::from_u128(2),
+            category: "page interaction".into(),
+            name: "pageview".into(),
+            timestamp: 10,
+            timestamp_us: 1,
+            received_at: 11,
+            received_at_us: 2,
+            host: "h".into(),
+            path: "/".into(),
+            data: r#"{"host":"h"}"#.into(),
+            schema_version: 1,
+            kafka_partition: 3,
+            kafka_offset: 99,
+        };
+        let failed = ErrorRow::refused(row, "Code: 27");
+        assert_eq!(failed.error_type, "sink_rejected");
+        assert_eq!(failed.reason, "ClickHouse refused the row: Code: 27");
+        assert_eq!(failed.raw, br#"{"host":"h"}"#);
+        assert_eq!(
+            (failed.event_id, failed.session_id),
+            (Uuid::from_u128(1), Uuid::from_u128(2))
+        );
+        assert_eq!((failed.received_at, failed.received_at_us), (11, 2));
+        assert_eq!((failed.kafka_partition, failed.kafka_offset), (3, 99));
+    }
+}
