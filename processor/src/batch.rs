@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use crate::rows::{EventRow, FailedMessage};
+use crate::rows::{EventRow, FailedMessage, WatermarkRow};
 
 /// What one batch holds until it is in ClickHouse.
 #[derive(Default)]
@@ -72,6 +72,50 @@ impl Batch {
         }
         before - self.len()
     }
+    /// One progress report per partition of the batch, for `watermark_updates`: the offset after
+    /// its last message, the log's end (`high_watermarks`, at least that offset) and the latest
+    /// event and received times written.
+    pub fn watermarks(
+        &self,
+        topic: &str,
+        high_watermarks: &BTreeMap<i32, i64>,
+        updated_at: u32,
+    ) -> Vec<WatermarkRow> {
+        self.next_offsets
+            .iter()
+            .map(|(&partition, &next_offset)| {
+                let events = self
+                    .events
+                    .iter()
+                    .filter(|row| row.kafka_partition == partition);
+                let errors = self
+                    .errors
+                    .iter()
+                    .filter(|failed| failed.row.kafka_partition == partition);
+                let event_time = events.clone().map(|row| row.timestamp).max().unwrap_or(0);
+                let received_time = events
+                    .map(|row| row.received_at)
+                    .chain(errors.map(|failed| failed.row.received_at))
+                    .max()
+                    .unwrap_or(0);
+                let high_watermark = high_watermarks
+                    .get(&partition)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(next_offset);
+                WatermarkRow {
+                    topic: topic.to_string(),
+                    partition,
+                    next_offset,
+                    high_watermark,
+                    lag: high_watermark - next_offset,
+                    event_time,
+                    received_time,
+                    updated_at,
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +176,40 @@ mod tests {
             batch().first_offsets(),
             BTreeMap::from([(0, 5), (1, 3), (2, 9)])
         );
+    }
+
+    #[test]
+    fn watermarks_report_each_partitions_next_offset_lag_and_latest_times() {
+        let mut batch = batch();
+        batch.events[0].timestamp = 50;
+        batch.events[2].received_at = 60;
+        batch.errors[0].row.received_at = 70;
+        let rows = batch.watermarks("raw", &BTreeMap::from([(0, 12), (1, 2)]), 99);
+        let reported: Vec<(i32, i64, i64, i64, u32, u32)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.partition,
+                    row.next_offset,
+                    row.high_watermark,
+                    row.lag,
+                    row.event_time,
+                    row.received_time,
+                )
+            })
+            .collect();
+        assert_eq!(
+            reported,
+            [
+                (0, 7, 12, 5, 50, 60),
+                // A stale end below what was read counts as that offset: no negative lag.
+                (1, 8, 8, 0, 0, 70),
+                (2, 10, 10, 0, 0, 0),
+            ]
+        );
+        assert!(rows
+            .iter()
+            .all(|row| row.topic == "raw" && row.updated_at == 99));
     }
 
     #[test]

@@ -1,23 +1,25 @@
 //! The stream processor: consumes the raw topic, decides for each message whether it is a valid
 //! event or a typed failure, and writes each to exactly one ClickHouse table.
 //!
-//! Follow an event: [`consume`] (Kafka, batching, offsets) → [`validate`] (schemas from
-//! `eye_core::schemas`, timestamps from `eye_core::timestamp`; the [`failure`] kinds) → a row
-//! of [`rows`] in the batch → [`sink`] (ClickHouse), and for failures also [`dead_letter`] (the
-//! dead-letter topic). [`alerts`] judges the failure counts in ClickHouse and publishes the
+//! Follow an event: [`pipeline`] (the order and the guarantee) reads it from [`source`] (Kafka:
+//! partitions, offsets, commits) → [`validate`] (schemas from `eye_core::schemas`, timestamps
+//! from `eye_core::timestamp`; the [`failure`] kinds) → a row of [`rows`] in the batch →
+//! [`sink`] (ClickHouse), and for failures also [`dead_letter`] (the dead-letter topic), then
+//! [`session_updates`]. [`alerts`] judges the failure counts in ClickHouse and publishes the
 //! error-alert topic.
 
 pub mod alerts;
 mod batch;
 pub mod config;
-pub mod consume;
 pub mod dead_letter;
 pub mod failure;
+pub mod pipeline;
 pub mod readiness;
 pub mod replay;
 pub mod rows;
 pub mod session_updates;
 pub mod sink;
+pub mod source;
 pub mod validate;
 
 use std::future::Future;
@@ -33,13 +35,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::alerts::{AlertError, AlertEvaluator};
+use crate::alerts::{AlertError, AlertJudge};
 use crate::config::ProcessorConfig;
-use crate::consume::{Outputs, Pipeline, PipelineError, Source};
 use crate::dead_letter::DeadLetterSink;
+use crate::pipeline::{Outputs, Pipeline};
 use crate::readiness::Readiness;
 use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, SinkError};
+use crate::source::{Source, SourceError};
 use crate::validate::Validator;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +52,7 @@ pub enum StartError {
     #[error("preparing ClickHouse: {0}")]
     Sink(#[from] SinkError),
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Source(#[from] SourceError),
     #[error("creating the processor's topics: {0}")]
     Topics(#[from] eye_core::kafka::TopicError),
     #[error("creating the producer of {topic}: {source}")]
@@ -105,7 +108,7 @@ pub async fn run(
     info!(address = %listener.local_addr()?, topic = %config.consumer.topic, "processor starting");
     let alerts = (!config.alerts.rules.is_empty())
         .then(|| {
-            AlertEvaluator::new(
+            AlertJudge::new(
                 config.alerts.clone(),
                 &config.kafka,
                 &config.consumer.topic,

@@ -27,11 +27,12 @@ use serde::Serialize;
 use tracing::info;
 use uuid::Uuid;
 
-use crate::alerts::AlertEvaluator;
+use crate::alerts::AlertJudge;
 use crate::config::ProcessorConfig;
-use crate::consume::{Outputs, Pipeline, Source, WrittenOffsets};
+use crate::pipeline::{Outputs, Pipeline};
 use crate::readiness::Readiness;
 use crate::sink::ClickHouseSink;
+use crate::source::{Source, WrittenOffsets};
 use crate::StartError;
 
 #[derive(Debug, thiserror::Error)]
@@ -125,10 +126,7 @@ pub async fn replay(
         }
     });
     // A live judge in the middle of a window finishes before the tables go.
-    tokio::time::sleep(Duration::from_millis(
-        2 * config.alerts.evaluate_interval_ms,
-    ))
-    .await;
+    tokio::time::sleep(Duration::from_millis(2 * config.alerts.judge_interval_ms)).await;
 
     let tables_emptied = match from {
         None => empty_tables(&sink, &config.clickhouse.database).await?,
@@ -181,7 +179,7 @@ pub async fn replay(
     }
     if !config.alerts.rules.is_empty() {
         let alert_schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/alert.avsc"))?;
-        let evaluator = AlertEvaluator::new(
+        let judge = AlertJudge::new(
             config.alerts.clone(),
             &config.kafka,
             &config.consumer.topic,
@@ -189,7 +187,7 @@ pub async fn replay(
             Duration::from_millis(config.clickhouse.request_timeout_ms),
             alert_schema,
         )?;
-        evaluator.judge_once().await?;
+        judge.judge_once().await?;
     }
     let _ = stop_heartbeat.send(true);
     let _ = heartbeat.await;

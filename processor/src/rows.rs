@@ -83,6 +83,23 @@ pub struct FailedMessage {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl WatermarkRow {
+    /// A report that says where a partition stands and carries no times (the watermark
+    /// aggregates keep the latest times already reported).
+    pub fn position(topic: &str, partition: i32, written: i64, end: i64, updated_at: u32) -> Self {
+        WatermarkRow {
+            topic: topic.to_string(),
+            partition,
+            next_offset: written,
+            high_watermark: end,
+            lag: end - written,
+            event_time: 0,
+            received_time: 0,
+            updated_at,
+        }
+    }
+}
+
 impl ErrorRow {
     /// An event row ClickHouse refused on its own, as a `sink_rejected` failure.
     pub fn refused(row: EventRow, reason: &str) -> ErrorRow {

@@ -7,10 +7,34 @@ use std::path::Path;
 use std::time::Duration;
 
 use clickhouse::{Client, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::ClickHouseSettings;
 use crate::rows::{ErrorRow, EventRow, WatermarkRow};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouseSettings {
+    /// HTTP endpoint.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    /// Longest an insert or a query may take before it counts as failed (and is retried): a
+    /// server that hangs instead of refusing must not hold a batch forever.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClickHouseSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "eye".into(),
+            user: "default".into(),
+            password: String::new(),
+            request_timeout_ms: 30_000,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -97,7 +97,7 @@ fn pageview(application: &str, received_at: DateTime<Utc>, future: bool) -> (Raw
 fn with_rule(setup: &Setup, alerts_topic: &str) -> ProcessorConfig {
     let mut config = setup.config();
     config.alerts.topic = alerts_topic.to_string();
-    config.alerts.evaluate_interval_ms = 300;
+    config.alerts.judge_interval_ms = 300;
     config.alerts.rules = vec![AlertRule {
         name: "future timestamps".into(),
         error_type: Some("future_timestamp".into()),
@@ -157,7 +157,7 @@ async fn an_alert_fires_once_per_window_resolves_and_replays_with_the_same_ids()
     let processor = Processor::start(with_rule(&setup, &alerts_topic)).await;
     let alerts = alerts_on(&setup, &alerts_topic, 4).await;
     let window = |minute: u32| at(minute, 0).timestamp();
-    let verdicts: Vec<(&str, &str, i64, i64)> = alerts
+    let judgements: Vec<(&str, &str, i64, i64)> = alerts
         .iter()
         .map(|alert| {
             (
@@ -169,7 +169,7 @@ async fn an_alert_fires_once_per_window_resolves_and_replays_with_the_same_ids()
         })
         .collect();
     assert_eq!(
-        verdicts,
+        judgements,
         [
             ("shop", "firing", window(0), 5),
             ("shop", "resolved", window(5), 1),

@@ -101,7 +101,7 @@ fn traffic(seed: u64, sessions: u64, hour: i64) -> Vec<RawMessage> {
 fn with_rules(setup: &Setup) -> ProcessorConfig {
     let mut config = setup.config();
     config.alerts.topic = format!("{}_alerts", setup.topic);
-    config.alerts.evaluate_interval_ms = 300;
+    config.alerts.judge_interval_ms = 300;
     config.alerts.rules = vec![
         AlertRule {
             name: "future timestamps".into(),

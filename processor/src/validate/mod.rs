@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use eye_core::convert::{json_kind, json_to_avro};
 use eye_core::raw::Stamp;
 use eye_core::schemas::{SchemaRegistry, SINGLE_OBJECT_MARKER};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
@@ -37,6 +38,22 @@ use crate::rows::{ErrorRow, EventRow};
 pub use envelope::{Envelope, Transport, MAX_APPLICATION_BYTES};
 
 use avro::{hex_string, AvroEvent};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationSettings {
+    /// How far an event's timestamp may lie after its `received_at` (client clocks run fast)
+    /// before it is a `future_timestamp` failure.
+    pub future_tolerance_seconds: i64,
+}
+
+impl Default for ValidationSettings {
+    fn default() -> Self {
+        Self {
+            future_tolerance_seconds: 300,
+        }
+    }
+}
 
 /// A valid event, ready for the sink.
 #[derive(Debug, Clone, PartialEq)]

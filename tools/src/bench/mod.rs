@@ -88,7 +88,7 @@ pub(crate) async fn create_database(
     database: &str,
     schemas_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let settings = eye_processor::config::ClickHouseSettings {
+    let settings = eye_processor::sink::ClickHouseSettings {
         url: clickhouse_url.to_string(),
         database: database.to_string(),
         ..Default::default()

@@ -1,0 +1,424 @@
+//! The pipeline, in order: read a batch from the raw topic ([`source`](crate::source)),
+//! validate each message into a row ([`validate`](crate::validate)), write the batch to
+//! ClickHouse ([`sink`](crate::sink)) with its failures on the dead-letter topic and its
+//! progress in `watermark_updates`, publish its sessions, and only then store its offsets for
+//! commit. So a crash redelivers and never loses; the tables collapse redeliveries by event_id.
+//!
+//! A batch ClickHouse refuses for its data is written row by row once: each row it refuses alone
+//! becomes a `sink_rejected` failure, so no row can stop a partition. Anything else is retried
+//! with backoff (readiness false meanwhile).
+//!
+//! A batch's session updates are published while the next batch is read (reading a batch's
+//! sessions back from ClickHouse was the largest part of a batch's time); its offsets are stored
+//! once they are out. A batch written but not yet published when its partitions are revoked is
+//! read again by the new owner (the same rows, collapsed by the tables).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use eye_core::kafka::headers_of;
+use metrics::{counter, histogram};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::Message;
+use serde::{Deserialize, Serialize};
+use tokio::task::{JoinError, JoinHandle};
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::batch::Batch;
+use crate::config::ProcessorConfig;
+use crate::dead_letter::DeadLetterSink;
+use crate::readiness::Readiness;
+use crate::rows::{ErrorRow, FailedMessage, WatermarkRow};
+use crate::session_updates::SessionUpdates;
+use crate::sink::{ClickHouseSink, SinkError};
+use crate::source::{transport_of, RawTopic, Source, SourceError, WrittenOffsets};
+use crate::validate::{Envelope, Validator};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often caught-up partitions are reported to `ingest_watermarks` while no batch is written,
+/// so an idle partition does not hold back how far the data is known to be complete.
+const IDLE_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// When a batch is written to ClickHouse: at `max_events`, or `max_wait_ms` after its first
+/// event, whichever comes first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchSettings {
+    pub max_events: usize,
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            max_events: 50_000,
+            max_wait_ms: 500,
+        }
+    }
+}
+
+/// What the pipeline publishes besides the ClickHouse tables.
+#[derive(Default)]
+pub struct Outputs {
+    /// None in a replay: the dead letters of the log are on their topic already.
+    pub dead_letters: Option<DeadLetterSink>,
+    pub session_updates: Option<SessionUpdates>,
+}
+
+/// A written batch whose session updates are being published; its offsets wait for them.
+struct Publishing {
+    task: JoinHandle<()>,
+    next_offsets: BTreeMap<i32, i64>,
+}
+
+pub struct Pipeline {
+    source: RawTopic,
+    validator: Validator,
+    sink: ClickHouseSink,
+    dead_letters: Option<DeadLetterSink>,
+    session_updates: Option<Arc<SessionUpdates>>,
+    publishing: Option<Publishing>,
+    batch: BatchSettings,
+    /// The raw topic, as `watermark_updates` names it.
+    topic: String,
+    default_application: String,
+    readiness: Arc<Readiness>,
+}
+
+impl Pipeline {
+    pub fn new(
+        config: ProcessorConfig,
+        source: Source,
+        validator: Validator,
+        sink: ClickHouseSink,
+        outputs: Outputs,
+        readiness: Arc<Readiness>,
+    ) -> Result<Self, SourceError> {
+        Ok(Self {
+            source: RawTopic::new(&config.kafka, &config.consumer, source, readiness.clone())?,
+            validator,
+            sink,
+            dead_letters: outputs.dead_letters,
+            session_updates: outputs.session_updates.map(Arc::new),
+            publishing: None,
+            batch: config.batch,
+            topic: config.consumer.topic,
+            default_application: config.consumer.default_application,
+            readiness,
+        })
+    }
+
+    pub fn written_offsets(&self) -> WrittenOffsets {
+        self.source.written_offsets()
+    }
+
+    /// True while this processor owns partition 0 of the raw topic.
+    pub fn owns_first_partition(&self) -> Arc<AtomicBool> {
+        self.source.owns_first_partition()
+    }
+
+    /// Runs until `shutdown` resolves, then writes what it holds and commits synchronously.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let max_wait = Duration::from_millis(self.batch.max_wait_ms);
+        let mut idle_reports = tokio::time::interval(IDLE_REPORT_INTERVAL);
+        let follows_group = self.source.follows_group();
+        loop {
+            if self.source.range_done() {
+                break;
+            }
+            let deadline = self
+                .source
+                .with_batch(|batch| batch.opened.map(|opened| opened + max_wait));
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    if !self.write(&mut shutdown).await {
+                        break;
+                    }
+                }
+                outcome = published(&mut self.publishing), if self.publishing.is_some() => {
+                    if let Some(publishing) = self.publishing.take() {
+                        self.complete_publishing(publishing.next_offsets, outcome);
+                    }
+                }
+                _ = idle_reports.tick(), if deadline.is_none() && follows_group => self.report_idle().await,
+                message = self.source.recv() => match message {
+                    Ok(message) => {
+                        let full = self.source.with_batch(|batch| {
+                            self.add(batch, &message);
+                            batch.len() >= self.batch.max_events
+                        });
+                        if full && !self.write(&mut shutdown).await {
+                            break;
+                        }
+                    }
+                    Err(error) => warn!(%error, "kafka consume error"),
+                },
+            }
+        }
+        if self.source.with_batch(|batch| batch.len()) > 0 {
+            // One more attempt, bounded: what is not written now is redelivered after restart.
+            self.write(tokio::time::sleep(Duration::from_secs(10)))
+                .await;
+        }
+        // Bounded too: unpublished sessions are published again after the batch is redelivered.
+        if tokio::time::timeout(Duration::from_secs(10), self.finish_publishing())
+            .await
+            .is_err()
+        {
+            warn!("session updates not published at shutdown; their batch will be read again");
+        }
+        if !follows_group {
+            self.report_range_end().await;
+        }
+        self.source.close().await;
+        info!("processor stopped");
+    }
+
+    fn add(&self, batch: &mut Batch, message: &BorrowedMessage<'_>) {
+        let partition = message.partition();
+        let offset = message.offset();
+        let envelope = Envelope::of(&transport_of(message), &self.default_application);
+        match self
+            .validator
+            .validate(message.payload().unwrap_or_default(), &envelope)
+        {
+            Ok(valid) => {
+                counter!("eye_processor_events_total", "outcome" => "valid").increment(1);
+                batch.events.push(valid.into_row(partition, offset));
+            }
+            Err(failed) => {
+                counter!("eye_processor_events_total", "outcome" => "invalid").increment(1);
+                counter!("eye_processor_failures_total", "error_type" => failed.failure.error_type.as_str())
+                    .increment(1);
+                batch.errors.push(FailedMessage {
+                    row: failed.into_row(message.payload().unwrap_or_default(), partition, offset),
+                    key: message.key().map(<[u8]>::to_vec),
+                    headers: headers_of(message)
+                        .into_iter()
+                        .map(|(key, value)| (key.into_owned(), value.unwrap_or_default().to_vec()))
+                        .collect(),
+                });
+            }
+        }
+        batch.next_offsets.insert(partition, offset + 1);
+        batch.opened.get_or_insert_with(Instant::now);
+    }
+
+    /// Writes the batch, retrying with backoff while ClickHouse is unavailable, then stores its
+    /// offsets. False when `stop` resolved before the batch could be written (its rows are then
+    /// dropped unstored, to be redelivered).
+    async fn write(&mut self, stop: impl Future<Output = ()>) -> bool {
+        let mut batch = self.source.take_batch();
+        // Readiness sees a write that hangs (statistics stop while it does).
+        self.readiness.set_writing(batch.len() as u64);
+        let written = self.write_batch(&mut batch, stop).await;
+        self.readiness.set_writing(0);
+        written
+    }
+
+    async fn write_batch(&mut self, batch: &mut Batch, stop: impl Future<Output = ()>) -> bool {
+        tokio::pin!(stop);
+        let started = Instant::now();
+        let mut backoff = Duration::from_secs(1);
+        let mut isolated = false;
+        loop {
+            match self.insert(batch).await {
+                Ok(()) => break,
+                // Once: a refusal that outlives isolating the refused rows is no row's fault,
+                // and is retried with backoff (readiness false) rather than isolated again.
+                Err(SinkError::Permanent(error)) if !isolated => {
+                    warn!(%error, "ClickHouse refused a batch; writing its rows one by one");
+                    self.isolate_refused_rows(batch).await;
+                    isolated = true;
+                }
+                Err(error) => {
+                    self.readiness.set_outputs_healthy(false);
+                    counter!("eye_processor_sink_retries_total").increment(1);
+                    warn!(%error, retry_in = ?backoff, "ClickHouse write failed");
+                    tokio::select! {
+                        _ = &mut stop => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        self.readiness.set_outputs_healthy(true);
+        histogram!("eye_processor_insert_seconds").record(started.elapsed().as_secs_f64());
+        histogram!("eye_processor_batch_events").record(batch.len() as f64);
+        debug!(
+            events = batch.events.len(),
+            errors = batch.errors.len(),
+            first_offsets = ?batch.first_offsets(),
+            next_offsets = ?batch.next_offsets,
+            "batch written"
+        );
+        self.finish_publishing().await;
+        match &self.session_updates {
+            Some(session_updates) => {
+                self.publishing = Some(Publishing {
+                    task: tokio::spawn(publish_until_done(
+                        session_updates.clone(),
+                        batch.sessions(),
+                        self.readiness.clone(),
+                    )),
+                    next_offsets: batch.next_offsets.clone(),
+                })
+            }
+            None => self.source.store_offsets(&batch.next_offsets),
+        }
+        true
+    }
+
+    /// Waits for the previous batch's session updates, then stores its offsets.
+    async fn finish_publishing(&mut self) {
+        if let Some(publishing) = self.publishing.take() {
+            let outcome = publishing.task.await;
+            self.complete_publishing(publishing.next_offsets, outcome);
+        }
+    }
+
+    fn complete_publishing(
+        &self,
+        next_offsets: BTreeMap<i32, i64>,
+        outcome: Result<(), JoinError>,
+    ) {
+        match outcome {
+            Ok(()) => self.source.store_offsets(&next_offsets),
+            Err(error) => {
+                error!(%error, "publishing session updates failed; their batch will be read again after a restart")
+            }
+        }
+    }
+
+    /// Both tables, the dead-letter topic, then progress; each step is idempotent for a retry.
+    async fn insert(&self, batch: &Batch) -> Result<(), SinkError> {
+        self.sink.insert_events(&batch.events).await?;
+        self.sink
+            .insert_errors(batch.errors.iter().map(|failed| &failed.row))
+            .await?;
+        if let Some(dead_letters) = &self.dead_letters {
+            dead_letters
+                .publish(batch.errors.iter())
+                .await
+                .map_err(SinkError::DeadLetter)?;
+        }
+        self.sink
+            .insert_watermarks(
+                batch
+                    .watermarks(&self.topic, &self.source.high_watermarks(), now_seconds())
+                    .iter(),
+            )
+            .await
+    }
+
+    /// Reports every partition of a range as written up to where it is, now: partitions without
+    /// messages have no batch to report them.
+    async fn report_range_end(&self) {
+        let updated_at = now_seconds();
+        let rows: Vec<WatermarkRow> = self
+            .source
+            .positions()
+            .into_iter()
+            .map(|(partition, written, end)| {
+                WatermarkRow::position(&self.topic, partition, written, end, updated_at)
+            })
+            .collect();
+        if let Err(error) = self.sink.insert_watermarks(rows.iter()).await {
+            warn!(%error, "reporting where the replay ended");
+        }
+    }
+
+    /// Reports each caught-up partition as written to its end, now.
+    async fn report_idle(&self) {
+        let updated_at = now_seconds();
+        let rows: Vec<WatermarkRow> = self
+            .source
+            .caught_up()
+            .into_iter()
+            .map(|(partition, end)| {
+                WatermarkRow::position(&self.topic, partition, end, end, updated_at)
+            })
+            .collect();
+        if let Err(error) = self.sink.insert_watermarks(rows.iter()).await {
+            warn!(%error, "reporting idle partitions");
+        }
+    }
+
+    /// After ClickHouse refused a batch for its data: each event row it refuses on its own
+    /// becomes a `sink_rejected` failure, so one bad row never blocks a partition.
+    async fn isolate_refused_rows(&self, batch: &mut Batch) {
+        let mut accepted = Vec::with_capacity(batch.events.len());
+        for row in std::mem::take(&mut batch.events) {
+            match self.sink.insert_events(std::slice::from_ref(&row)).await {
+                Err(SinkError::Permanent(error)) => batch.errors.push(FailedMessage {
+                    row: ErrorRow::refused(row, &error.to_string()),
+                    key: None,
+                    headers: Vec::new(),
+                }),
+                _ => accepted.push(row),
+            }
+        }
+        batch.events = accepted;
+        let mut errors = Vec::with_capacity(batch.errors.len());
+        for failed in std::mem::take(&mut batch.errors) {
+            match self.sink.insert_errors(std::iter::once(&failed.row)).await {
+                Err(SinkError::Permanent(error)) => {
+                    error!(%error, event_id = %failed.row.event_id, "ClickHouse refused a failure row; it goes to the dead-letter topic only");
+                    if let Some(dead_letters) = &self.dead_letters {
+                        if let Err(error) = dead_letters.publish(std::iter::once(&failed)).await {
+                            error!(%error, event_id = %failed.row.event_id, "the failure is in neither table nor topic");
+                        }
+                    }
+                }
+                _ => errors.push(failed),
+            }
+        }
+        batch.errors = errors;
+    }
+}
+
+/// Publishes the sessions, retrying with backoff until they are out.
+async fn publish_until_done(
+    session_updates: Arc<SessionUpdates>,
+    sessions: BTreeSet<(String, Uuid)>,
+    readiness: Arc<Readiness>,
+) {
+    let started = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    while let Err(error) = session_updates.publish(&sessions).await {
+        readiness.set_outputs_healthy(false);
+        counter!("eye_processor_sink_retries_total").increment(1);
+        warn!(%error, retry_in = ?backoff, "publishing session updates failed");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    readiness.set_outputs_healthy(true);
+    histogram!("eye_processor_session_updates_seconds").record(started.elapsed().as_secs_f64());
+}
+
+/// The publishing task's outcome once it is done (never when there is none).
+fn now_seconds() -> u32 {
+    Utc::now().timestamp() as u32
+}
+
+async fn published(publishing: &mut Option<Publishing>) -> Result<(), JoinError> {
+    match publishing {
+        Some(publishing) => (&mut publishing.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
