@@ -30,14 +30,13 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::batch::Batch;
-use crate::config::ProcessorConfig;
 use crate::dead_letter::DeadLetterSink;
 use crate::readiness::Readiness;
 use crate::rows::{ErrorRow, FailedMessage, WatermarkRow};
 use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, SinkError};
-use crate::source::{transport_of, RawTopic, Source, SourceError, WrittenOffsets};
-use crate::validate::{Envelope, Validator};
+use crate::source::{RawTopic, WrittenOffsets};
+use crate::validate::{Envelope, Transport, Validator};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often caught-up partitions are reported to `ingest_watermarks` while no batch is written,
@@ -92,25 +91,25 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(
-        config: ProcessorConfig,
-        source: Source,
+        source: RawTopic,
+        batch: BatchSettings,
         validator: Validator,
         sink: ClickHouseSink,
         outputs: Outputs,
         readiness: Arc<Readiness>,
-    ) -> Result<Self, SourceError> {
-        Ok(Self {
-            source: RawTopic::new(&config.kafka, &config.consumer, source, readiness.clone())?,
+    ) -> Self {
+        Self {
+            topic: source.topic().to_string(),
+            default_application: source.default_application().to_string(),
+            source,
             validator,
             sink,
             dead_letters: outputs.dead_letters,
             session_updates: outputs.session_updates.map(Arc::new),
             publishing: None,
-            batch: config.batch,
-            topic: config.consumer.topic,
-            default_application: config.consumer.default_application,
+            batch,
             readiness,
-        })
+        }
     }
 
     pub fn written_offsets(&self) -> WrittenOffsets {
@@ -420,5 +419,16 @@ async fn published(publishing: &mut Option<Publishing>) -> Result<(), JoinError>
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
         tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+/// The message's Kafka side, for the validator.
+fn transport_of<'m>(message: &'m BorrowedMessage<'_>) -> Transport<'m> {
+    Transport {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+        headers: headers_of(message),
     }
 }

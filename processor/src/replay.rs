@@ -13,7 +13,6 @@
 //! the same alerts, with the same ids, as the live processor did.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -29,11 +28,10 @@ use uuid::Uuid;
 
 use crate::alerts::AlertJudge;
 use crate::config::ProcessorConfig;
-use crate::pipeline::{Outputs, Pipeline};
-use crate::readiness::Readiness;
+use crate::pipeline::Outputs;
 use crate::sink::ClickHouseSink;
 use crate::source::{Source, WrittenOffsets};
-use crate::StartError;
+use crate::start::{self, StartError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -86,7 +84,7 @@ pub async fn replay(
     mut on_progress: impl FnMut(&BTreeMap<i32, i64>),
 ) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
-    let (validator, sink) = crate::prepare(&config).await?;
+    let (validator, sink) = start::prepare(&config).await?;
     let client = sink.client();
 
     let replay_id = Uuid::now_v7();
@@ -142,21 +140,17 @@ pub async fn replay(
     };
     let mut replay_config = config.clone();
     replay_config.consumer.group_id = format!("{}-replay-{replay_id}", config.consumer.group_id);
-    let pipeline = Pipeline::new(
-        replay_config,
+    let pipeline = start::pipeline(
+        &replay_config,
         source,
         validator,
         sink.clone(),
         Outputs {
             dead_letters: None,
-            session_updates: crate::session_updates(&config, &sink).await?,
+            session_updates: start::session_updates(&config, &sink).await?,
         },
-        Arc::new(Readiness::new(
-            Duration::from_millis(config.consumer.stalled_after_ms),
-            Instant::now(),
-        )),
-    )
-    .map_err(StartError::from)?;
+        start::readiness(&config),
+    )?;
     let written: WrittenOffsets = pipeline.written_offsets();
     let run = tokio::spawn(pipeline.run(std::future::pending()));
     while !run.is_finished() {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use eye_core::kafka::{client_config, commit_within, headers_of};
+use eye_core::kafka::{client_config, commit_within};
 use eye_core::raw::DEFAULT_RAW_TOPIC;
 use eye_core::settings::KafkaSettings;
 use metrics::{counter, gauge};
@@ -22,13 +22,12 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::batch::Batch;
 use crate::readiness::{ConsumerReport, Readiness};
-use crate::validate::Transport;
 
 /// How long shutdown waits for the final commit and the consumer's close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,6 +84,7 @@ pub struct RawTopic {
     consumer: StreamConsumer<SourceContext>,
     source: Source,
     topic: String,
+    default_application: String,
     progress: Arc<Mutex<Progress>>,
     owns_first_partition: Arc<AtomicBool>,
 }
@@ -147,6 +147,7 @@ impl RawTopic {
             consumer,
             source,
             topic: settings.topic.clone(),
+            default_application: settings.default_application.clone(),
             progress,
             owns_first_partition,
         })
@@ -154,6 +155,16 @@ impl RawTopic {
 
     pub async fn recv(&self) -> Result<BorrowedMessage<'_>, KafkaError> {
         self.consumer.recv().await
+    }
+
+    /// The raw topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The application recorded for messages without an `eye.application` header.
+    pub fn default_application(&self) -> &str {
+        &self.default_application
     }
 
     pub fn follows_group(&self) -> bool {
@@ -452,16 +463,5 @@ async fn close_within(
     });
     if tokio::time::timeout(timeout, on_closed).await.is_err() {
         warn!(?timeout, "the broker did not answer the final commit and close in time; left to the group's last commit");
-    }
-}
-
-/// The message's Kafka side, for the validator.
-pub fn transport_of<'m>(message: &'m BorrowedMessage<'_>) -> Transport<'m> {
-    Transport {
-        topic: message.topic(),
-        partition: message.partition(),
-        offset: message.offset(),
-        timestamp_ms: message.timestamp().to_millis(),
-        headers: headers_of(message),
     }
 }

@@ -246,11 +246,17 @@ mod tests {
     fn a_window_without_data_closes_an_alert_only_once_it_is_judged() {
         let mut progress = RuleProgress::default();
         let opened = judge_windows(&rule(), &mut progress, vec![counts("shop", 0, 4)], 300);
-        assert_eq!(opened_and_closed(&opened), [("shop", 0, AlertStatus::Firing)]);
+        assert_eq!(
+            opened_and_closed(&opened),
+            [("shop", 0, AlertStatus::Firing)]
+        );
         // The next window is not complete yet: nothing to say.
         assert!(judge_windows(&rule(), &mut progress, vec![], 300).is_empty());
         let closed = judge_windows(&rule(), &mut progress, vec![], 600);
-        assert_eq!(opened_and_closed(&closed), [("shop", 300, AlertStatus::Resolved)]);
+        assert_eq!(
+            opened_and_closed(&closed),
+            [("shop", 300, AlertStatus::Resolved)]
+        );
         assert_eq!(closed[0].alert_id, opened[0].alert_id);
     }
 

@@ -13,8 +13,7 @@ use eye_processor::replay::replay;
 use serde_json::json;
 use uuid::Uuid;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// A reproducible mix over many sessions and the 40 minutes of `received_at` from `hour` o'clock on
 /// 2021-01-01: valid events of the three types, out of order, about one in six failing (wrong

@@ -319,3 +319,30 @@ pub fn avro_long(value: i64) -> Vec<u8> {
         bytes.push(byte | 0x80);
     }
 }
+
+/// Polls the processor's `/readyz` until it answers `ready` (200) or not (503 with a body
+/// containing `reason`).
+pub async fn wait_for_readiness(
+    processor: &Processor,
+    ready: bool,
+    reason: &str,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(response) = reqwest::get(format!("{}/readyz", processor.health_url)).await {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            if status.is_success() == ready && (ready || body.contains(reason)) {
+                return;
+            }
+            last = Some((status, body));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "/readyz not {} within {timeout:?}: last answer {last:?}",
+        if ready { "ready" } else { reason }
+    );
+}

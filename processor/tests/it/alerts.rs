@@ -18,8 +18,7 @@ use rdkafka::Message;
 use serde_json::json;
 use uuid::Uuid;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// One alert message, as the fields a consumer compares.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

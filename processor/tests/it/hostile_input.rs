@@ -11,8 +11,7 @@ use rdkafka::{ClientConfig, Message};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// A message as a producer may send it: any key, value, headers and timestamp.
 #[derive(Default, Clone)]

@@ -1,0 +1,137 @@
+//! What `run` and `replay` share to start: the schemas and tables, the session publisher, the
+//! pipeline over a source, and the operations endpoints; with the one error a start can end in.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use eye_core::schemas::{SchemaError, SchemaRegistry, TopicSchema};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::alerts::AlertError;
+use crate::config::ProcessorConfig;
+use crate::pipeline::{Outputs, Pipeline};
+use crate::readiness::Readiness;
+use crate::session_updates::SessionUpdates;
+use crate::sink::{ClickHouseSink, SinkError};
+use crate::source::{RawTopic, Source, SourceError};
+use crate::validate::Validator;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Schemas(#[from] SchemaError),
+    #[error("preparing ClickHouse: {0}")]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("creating the processor's topics: {0}")]
+    Topics(#[from] eye_core::kafka::TopicError),
+    #[error("creating the producer of {topic}: {source}")]
+    Producer {
+        topic: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(transparent)]
+    Alerts(#[from] AlertError),
+    #[error(transparent)]
+    Metrics(#[from] eye_core::telemetry::MetricsError),
+    #[error("serving health endpoints: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The validator over the event schemas, and the ClickHouse sink with its tables created.
+pub async fn prepare(config: &ProcessorConfig) -> Result<(Validator, ClickHouseSink), StartError> {
+    let registry = SchemaRegistry::load(&config.schemas_dir.join("avro"))?;
+    let validator = Validator::new(
+        registry,
+        chrono::Duration::seconds(config.validation.future_tolerance_seconds),
+    );
+    let sink = ClickHouseSink::new(&config.clickhouse);
+    sink.apply_ddl(
+        &config.clickhouse.database,
+        &config.schemas_dir.join("clickhouse"),
+    )
+    .await?;
+    Ok((validator, sink))
+}
+
+/// The session-topic publisher, its topic created, when enabled.
+pub async fn session_updates(
+    config: &ProcessorConfig,
+    sink: &ClickHouseSink,
+) -> Result<Option<SessionUpdates>, StartError> {
+    let settings = &config.session_updates;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    eye_core::kafka::create_topics(&config.kafka, &[&settings.topic], settings.partitions).await?;
+    let schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/session.avsc"))?;
+    Ok(Some(
+        SessionUpdates::new(settings, &config.kafka, sink, schema).map_err(|source| {
+            StartError::Producer {
+                topic: settings.topic.clone(),
+                source,
+            }
+        })?,
+    ))
+}
+
+/// The pipeline over `source`, configured by `config`.
+pub fn pipeline(
+    config: &ProcessorConfig,
+    source: Source,
+    validator: Validator,
+    sink: ClickHouseSink,
+    outputs: Outputs,
+    readiness: Arc<Readiness>,
+) -> Result<Pipeline, StartError> {
+    let raw_topic = RawTopic::new(&config.kafka, &config.consumer, source, readiness.clone())?;
+    Ok(Pipeline::new(
+        raw_topic,
+        config.batch.clone(),
+        validator,
+        sink,
+        outputs,
+        readiness,
+    ))
+}
+
+/// A readiness that goes false once committed offsets stand still `consumer.stalled_after_ms`.
+pub fn readiness(config: &ProcessorConfig) -> Arc<Readiness> {
+    Arc::new(Readiness::new(
+        Duration::from_millis(config.consumer.stalled_after_ms),
+        Instant::now(),
+    ))
+}
+
+#[derive(Clone)]
+pub struct Health {
+    pub readiness: Arc<Readiness>,
+    pub metrics: PrometheusHandle,
+}
+
+impl Health {
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(render_metrics))
+            .with_state(self)
+    }
+}
+
+async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
+    match health.readiness.check(Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ready".into()),
+        Err(not_ready) => (StatusCode::SERVICE_UNAVAILABLE, not_ready.to_string()),
+    }
+}
+
+async fn render_metrics(State(health): State<Health>) -> String {
+    health.metrics.run_upkeep();
+    health.metrics.render()
+}
