@@ -115,20 +115,68 @@ impl Supervised {
     }
 
     /// Sends `signal` to the service itself (not its supervisor): SIGKILL for a crash, SIGSTOP
-    /// and SIGCONT for a server that hangs. After a SIGKILL, [`Supervised::stop`] reaps the
-    /// supervisor.
+    /// and SIGCONT for a server that hangs. An error once the service has exited.
     pub fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = self.service_pid()?;
+        kill(Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("sending {signal} to {pid}"))
+    }
+
+    /// Whether the service itself listens on `port`. A readiness probe cannot tell: another
+    /// server that took the port between [`free_port`] and the service's bind answers it too.
+    pub fn listens_on(&self, port: u16) -> Result<bool> {
+        let pid = self.service_pid()?;
+        let listening = listening_socket_inodes(port);
+        let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+            .with_context(|| format!("reading the open files of {pid}"))?;
+        Ok(fds.filter_map(Result::ok).any(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|target| {
+                let target = target.to_string_lossy();
+                listening
+                    .iter()
+                    .any(|inode| target == format!("socket:[{inode}]"))
+            })
+        }))
+    }
+
+    /// The service's pid while it runs. An exited service stays listed as its supervisor's
+    /// child (a zombie) until the supervisor reaps it, and a zombie takes any signal silently.
+    fn service_pid(&self) -> Result<u32> {
         let supervisor = self.child.id();
         // The supervisor's only child is the service.
         let children = fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children"))
             .with_context(|| format!("reading the children of supervisor {supervisor}"))?;
-        let pid: i32 = children
+        let pid: u32 = children
             .split_whitespace()
             .next()
             .and_then(|pid| pid.parse().ok())
             .with_context(|| format!("supervisor {supervisor} runs no service"))?;
-        kill(Pid::from_raw(pid), signal).with_context(|| format!("sending {signal} to {pid}"))
+        if !is_alive(pid) {
+            bail!("the service {pid} has exited (its log says why)");
+        }
+        Ok(pid)
     }
+}
+
+/// The inodes of the TCP sockets listening on `port`, over IPv4 and IPv6.
+fn listening_socket_inodes(port: u16) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    let port = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(table) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let [_, local, _, state, _, _, _, _, _, inode, ..] = fields[..] {
+                if local.ends_with(&port) && state == LISTEN {
+                    inodes.push(inode.to_string());
+                }
+            }
+        }
+    }
+    inodes
 }
 
 impl Drop for Supervised {

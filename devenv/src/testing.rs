@@ -2,7 +2,7 @@
 //! ports the first time a test asks, and they stop when the test process exits. Tests isolate
 //! themselves with [`unique_name`] topics and databases.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,34 +30,28 @@ pub struct SharedServices {
 pub fn services() -> &'static SharedServices {
     static SHARED: OnceLock<SharedServices> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let clickhouse_dir = scratch_dir("clickhouse");
-        let clickhouse = ClickHouseServer {
-            state_dir: clickhouse_dir.clone(),
-            http_port: free_port(),
-            tcp_port: free_port(),
-        };
-        let clickhouse_process = clickhouse
-            .prepare(&clickhouse_server_binary())
-            .and_then(|launch| launch.spawn_supervised(Some(&clickhouse_dir)))
-            .expect("starting ClickHouse for tests");
-        let broker_dir = scratch_dir("broker");
-        // In memory: the shared broker is never restarted, and memory is the fastest engine;
-        // tests of durability start a sqlite broker of their own ([`OwnedBroker::start`]).
-        let broker = Broker {
-            state_dir: broker_dir.clone(),
-            port: free_port(),
-            storage: Storage::Memory,
-        };
-        let broker_process = broker
-            .prepare(&broker_binary())
-            .and_then(|launch| launch.spawn_supervised(Some(&broker_dir)))
-            .expect("starting the broker for tests");
-        clickhouse
-            .wait_ready(READY_TIMEOUT)
-            .expect("ClickHouse for tests");
-        broker
-            .wait_ready(READY_TIMEOUT)
-            .expect("the broker for tests");
+        let (clickhouse, clickhouse_process) = on_free_ports("ClickHouse for tests", || {
+            let dir = scratch_dir("clickhouse");
+            let clickhouse = ClickHouseServer {
+                state_dir: dir.clone(),
+                http_port: free_port(),
+                tcp_port: free_port(),
+            };
+            let process = start_clickhouse(&clickhouse, Some(&dir))?;
+            Ok((clickhouse, process))
+        });
+        let (broker, broker_process) = on_free_ports("the broker for tests", || {
+            let dir = scratch_dir("broker");
+            // In memory: the shared broker is never restarted, and memory is the fastest engine;
+            // tests of durability start a sqlite broker of their own ([`OwnedBroker::start`]).
+            let broker = Broker {
+                state_dir: dir.clone(),
+                port: free_port(),
+                storage: Storage::Memory,
+            };
+            let process = start_broker(&broker, Some(&dir))?;
+            Ok((broker, process))
+        });
         SharedServices {
             broker,
             clickhouse,
@@ -78,22 +72,25 @@ pub struct OwnedBroker {
 impl OwnedBroker {
     /// Durable (sqlite) storage: a restart keeps the log.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("eye-test-broker-")
-            .tempdir()
-            .expect("creating a broker state dir");
-        let broker = Broker {
-            state_dir: dir.path().to_path_buf(),
-            port: free_port(),
-            storage: Storage::Sqlite,
-        };
-        let mut owned = OwnedBroker {
+        // A fresh directory for each attempt: a broker that lost its port may have written one.
+        let (broker, process, dir) = on_free_ports("the broker", || {
+            let dir = tempfile::Builder::new()
+                .prefix("eye-test-broker-")
+                .tempdir()
+                .context("creating a broker state dir")?;
+            let broker = Broker {
+                state_dir: dir.path().to_path_buf(),
+                port: free_port(),
+                storage: Storage::Sqlite,
+            };
+            let process = start_broker(&broker, None)?;
+            Ok((broker, process, dir))
+        });
+        OwnedBroker {
             broker,
-            process: None,
+            process: Some(process),
             _dir: dir,
-        };
-        owned.resume();
-        owned
+        }
     }
 
     pub fn bootstrap(&self) -> String {
@@ -118,15 +115,8 @@ impl OwnedBroker {
     /// Starts the broker again on the same port and waits until it answers.
     pub fn resume(&mut self) {
         assert!(self.process.is_none(), "broker already running");
-        let process = self
-            .broker
-            .prepare(&broker_binary())
-            .and_then(|launch| launch.spawn_supervised(None))
-            .expect("starting the broker");
+        let process = start_broker(&self.broker, None).expect("restarting the broker");
         self.process = Some(process);
-        self.broker
-            .wait_ready(READY_TIMEOUT)
-            .expect("the broker ready");
     }
 }
 
@@ -147,22 +137,24 @@ pub struct OwnedClickHouse {
 
 impl OwnedClickHouse {
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("eye-test-clickhouse-")
-            .tempdir()
-            .expect("creating a ClickHouse state dir");
-        let server = ClickHouseServer {
-            state_dir: dir.path().to_path_buf(),
-            http_port: free_port(),
-            tcp_port: free_port(),
-        };
-        let mut owned = OwnedClickHouse {
+        let (server, process, dir) = on_free_ports("ClickHouse", || {
+            let dir = tempfile::Builder::new()
+                .prefix("eye-test-clickhouse-")
+                .tempdir()
+                .context("creating a ClickHouse state dir")?;
+            let server = ClickHouseServer {
+                state_dir: dir.path().to_path_buf(),
+                http_port: free_port(),
+                tcp_port: free_port(),
+            };
+            let process = start_clickhouse(&server, None)?;
+            Ok((server, process, dir))
+        });
+        OwnedClickHouse {
             server,
-            process: None,
+            process: Some(process),
             _dir: dir,
-        };
-        owned.resume();
-        owned
+        }
     }
 
     /// Stops the server; its data stays.
@@ -183,15 +175,8 @@ impl OwnedClickHouse {
     /// Starts the server again on the same ports and waits until it answers.
     pub fn resume(&mut self) {
         assert!(self.process.is_none(), "ClickHouse already running");
-        let process = self
-            .server
-            .prepare(&clickhouse_server_binary())
-            .and_then(|launch| launch.spawn_supervised(None))
-            .expect("starting ClickHouse");
+        let process = start_clickhouse(&self.server, None).expect("restarting ClickHouse");
         self.process = Some(process);
-        self.server
-            .wait_ready(READY_TIMEOUT)
-            .expect("ClickHouse ready");
     }
 }
 
@@ -199,6 +184,61 @@ impl Drop for OwnedClickHouse {
     fn drop(&mut self) {
         self.halt();
     }
+}
+
+/// Another process listens on a port chosen for a service: it was free when chosen and taken
+/// before the service bound it, so the service's readiness probe reached the other process.
+#[derive(Debug, thiserror::Error)]
+#[error("port {port} is served by another process, not the one just started")]
+pub struct PortTaken {
+    pub port: u16,
+}
+
+/// Starts the broker and waits until it answers on its own port (see [`PortTaken`]).
+pub fn start_broker(
+    broker: &Broker,
+    remove_after_exit: Option<&Path>,
+) -> anyhow::Result<Supervised> {
+    let process = broker
+        .prepare(&broker_binary())?
+        .spawn_supervised(remove_after_exit)?;
+    broker.wait_ready(READY_TIMEOUT)?;
+    serving_on(process, &[broker.port])
+}
+
+/// Starts ClickHouse and waits until it answers on its own ports (see [`PortTaken`]).
+pub fn start_clickhouse(
+    server: &ClickHouseServer,
+    remove_after_exit: Option<&Path>,
+) -> anyhow::Result<Supervised> {
+    let process = server
+        .prepare(&clickhouse_server_binary())?
+        .spawn_supervised(remove_after_exit)?;
+    server.wait_ready(READY_TIMEOUT)?;
+    serving_on(process, &[server.http_port, server.tcp_port])
+}
+
+fn serving_on(process: Supervised, ports: &[u16]) -> anyhow::Result<Supervised> {
+    for &port in ports {
+        // A service that exited after the probe was answered lost its port to that answer.
+        if !process.listens_on(port).unwrap_or(false) {
+            return Err(PortTaken { port }.into());
+        }
+    }
+    Ok(process)
+}
+
+/// Runs `start` with fresh ports until no other process took one of them first.
+fn on_free_ports<T>(service: &str, mut start: impl FnMut() -> anyhow::Result<T>) -> T {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        match start() {
+            Ok(started) => return started,
+            Err(error) if error.is::<PortTaken>() => continue,
+            Err(error) => panic!("starting {service}: {error:#}"),
+        }
+    }
+    panic!("starting {service}: another process took its port {ATTEMPTS} times")
 }
 
 /// A name no other test (or earlier run) uses: `prefix_<pid>_<time>_<n>`, valid as a Kafka topic

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clickhouse::Row;
 use eye_core::kafka::create_topics;
 use eye_core::settings::KafkaSettings;
-use eye_devenv::testing::{services, unique_name, OwnedBroker};
+use eye_devenv::broker::{Broker, Storage};
+use eye_devenv::testing::{services, start_broker, unique_name, OwnedBroker, PortTaken, Signal};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -183,4 +184,37 @@ async fn sqlite_broker_keeps_log_and_committed_offsets_across_a_restart() {
         Some(&b"second"[..]),
         "resumes after the committed offset"
     );
+}
+
+/// A port is free when chosen and may be taken before the service binds it; the late service
+/// then exits while the other server answers its readiness probe. The test that SIGSTOPped
+/// such a "broker" got 202s from the other one.
+#[test]
+fn a_service_whose_port_another_server_took_is_not_taken_for_ready() {
+    let holder = OwnedBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let late = Broker {
+        state_dir: dir.path().to_path_buf(),
+        port: holder.broker.port,
+        storage: Storage::Memory,
+    };
+    let error = start_broker(&late, None).expect_err("another broker holds the port");
+    assert!(error.is::<PortTaken>(), "{error:#}");
+}
+
+/// An exited service stays its supervisor's zombie child, and a zombie takes any signal
+/// silently: a test that "hangs" a crashed server must hear that it is gone.
+#[test]
+fn a_signal_to_a_service_that_has_exited_is_an_error() {
+    let broker = OwnedBroker::start();
+    broker.signal(Signal::SIGKILL).unwrap();
+    let mut stopped = false;
+    for _ in 0..100 {
+        if broker.signal(Signal::SIGSTOP).is_err() {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(stopped, "a signal to the killed broker still succeeds");
 }
