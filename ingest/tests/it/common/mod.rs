@@ -1,0 +1,198 @@
+//! What the bridge's tests share: the bridge under test on free ports, the reference events,
+//! and reading what landed on its topic.
+
+use std::io::Write;
+use std::time::Duration;
+
+use eye_devenv::testing::{new_topic, unique_name};
+use eye_ingest::auth::key_sha256;
+use eye_ingest::config::{Application, IngestConfig};
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use reqwest::StatusCode;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PARTITIONS: i32 = 3;
+pub const SHOP_KEY: &str = "shop-key";
+pub const BLOG_KEY: &str = "blog-key";
+
+pub fn reference_event(name: &str) -> String {
+    let path = format!(
+        "{}/../../shared/examples/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("reading {path}: {err}"))
+}
+
+pub fn reference_events() -> Vec<String> {
+    ["pageview", "cta_click", "form_submit"]
+        .map(reference_event)
+        .to_vec()
+}
+
+/// An ingest bridge served in-process on a free port, producing to its own fresh topic.
+pub struct Bridge {
+    /// The public API.
+    pub url: String,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    pub operations_url: String,
+    pub topic: String,
+    pub bootstrap: String,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<()>>,
+    pub http: reqwest::Client,
+}
+
+impl Bridge {
+    pub async fn start(bootstrap: &str, adjust: impl FnOnce(&mut IngestConfig)) -> Bridge {
+        let topic = new_topic(bootstrap, "raw", PARTITIONS).await;
+        let mut config = IngestConfig::default();
+        config.kafka.brokers = bootstrap.to_string();
+        config.producer.topic = topic.clone();
+        config.applications = vec![
+            Application {
+                id: "shop".into(),
+                key_sha256: key_sha256(SHOP_KEY),
+                ..Application::default()
+            },
+            Application {
+                id: "blog".into(),
+                key_sha256: key_sha256(BLOG_KEY),
+                ..Application::default()
+            },
+        ];
+        config.listen = "127.0.0.1:0".into();
+        config.operations_listen = "127.0.0.1:0".into();
+        adjust(&mut config);
+        let listeners = eye_ingest::Listeners::bind(&config).await.unwrap();
+        let url = format!("http://{}", listeners.api.local_addr().unwrap());
+        let operations_url = format!("http://{}", listeners.operations.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            eye_ingest::serve(config, listeners, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("ingest serves");
+        });
+        let bridge = Bridge {
+            url,
+            operations_url,
+            topic,
+            bootstrap: bootstrap.to_string(),
+            stop: Some(stop),
+            task: Some(task),
+            http: reqwest::Client::new(),
+        };
+        bridge.wait_ready().await;
+        bridge
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..300 {
+            let ready = self
+                .http
+                .get(format!("{}/readyz", self.operations_url))
+                .send()
+                .await;
+            if ready.is_ok_and(|response| response.status() == StatusCode::OK) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("ingest not ready within 30 s");
+    }
+
+    pub fn post(&self) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/v1/events", self.url))
+            .bearer_auth(SHOP_KEY)
+    }
+
+    pub async fn post_json(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.post()
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Whether `body` gets a 202 within `attempts` tries, `pause` apart.
+    pub async fn accepted_within(&self, body: String, attempts: usize, pause: Duration) -> bool {
+        for _ in 0..attempts {
+            if self.post_json(body.clone()).await.status() == StatusCode::ACCEPTED {
+                return true;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        false
+    }
+
+    /// Every message on the topic once `expected` have arrived (and a moment more, so extra
+    /// messages would be seen too).
+    pub fn messages(&self, expected: usize) -> Vec<OwnedMessage> {
+        read_topic(&self.bootstrap, &self.topic, expected)
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+pub fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut messages = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut settle_until = None;
+    loop {
+        let now = std::time::Instant::now();
+        if now > deadline || settle_until.is_some_and(|until| now > until) {
+            break;
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(message.unwrap().detach());
+        }
+        if messages.len() >= expected && settle_until.is_none() {
+            settle_until = Some(std::time::Instant::now() + Duration::from_millis(1500));
+        }
+    }
+    messages
+}
+
+pub fn header<'a>(message: &'a OwnedMessage, name: &str) -> &'a str {
+    let headers = message.headers().expect("message has headers");
+    let found = headers
+        .iter()
+        .find(|header| header.key == name)
+        .unwrap_or_else(|| panic!("header {name} missing"));
+    std::str::from_utf8(found.value.unwrap()).unwrap()
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+pub fn session_id_of(json: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    value["session_id"].as_str().unwrap().to_string()
+}
