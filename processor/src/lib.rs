@@ -9,6 +9,7 @@
 //! error-alert topic.
 
 pub mod alerts;
+pub mod avro_topic;
 mod batch;
 pub mod config;
 pub mod dead_letter;

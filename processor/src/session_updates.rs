@@ -9,17 +9,15 @@ use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
 use clickhouse::{Client, Row};
-use eye_core::kafka::refused_for_good;
 use eye_core::schemas::TopicSchema;
 use eye_core::settings::KafkaSettings;
-use futures::future::join_all;
 use metrics::counter;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use tracing::error;
 use uuid::Uuid;
 
+use crate::avro_topic::{AvroTopic, PublishError};
 use crate::sink::{within, ClickHouseSink};
 
 /// Sessions read per query. The ids travel as one string literal, split in ClickHouse: a list of
@@ -53,7 +51,7 @@ pub enum SessionUpdateError {
     #[error("reading sessions: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("publishing sessions: {0}")]
-    Kafka(#[from] KafkaError),
+    Publish(#[from] PublishError),
 }
 
 /// One session as ClickHouse holds it.
@@ -76,11 +74,9 @@ struct SessionRow {
 }
 
 pub struct SessionUpdates {
-    topic: String,
+    topic: AvroTopic,
     client: Client,
     request_timeout: Duration,
-    producer: FutureProducer,
-    schema: TopicSchema,
 }
 
 impl SessionUpdates {
@@ -91,11 +87,13 @@ impl SessionUpdates {
         schema: TopicSchema,
     ) -> Result<Self, KafkaError> {
         Ok(Self {
-            topic: settings.topic.clone(),
+            topic: AvroTopic::new(
+                eye_core::kafka::acknowledged_producer(kafka)?,
+                &settings.topic,
+                schema,
+            ),
             client: sink.client(),
             request_timeout: sink.request_timeout(),
-            producer: eye_core::kafka::acknowledged_producer(kafka)?,
-            schema,
         })
     }
 
@@ -107,37 +105,20 @@ impl SessionUpdates {
         let sessions: Vec<&(String, Uuid)> = sessions.iter().collect();
         for chunk in sessions.chunks(SESSIONS_PER_QUERY) {
             let rows = self.read(chunk).await?;
-            let messages: Vec<(String, Vec<u8>)> = rows
+            let messages = rows
                 .iter()
-                .filter_map(|row| {
-                    let key = format!("{}/{}", row.application, row.session);
-                    match self.schema.encode(record(row)) {
-                        Ok(payload) => Some((key, payload)),
-                        // The same row fails the same way on every retry: a defect to report.
-                        Err(error) => {
-                            counter!("eye_processor_session_updates_refused_total").increment(1);
-                            error!(session = %key, %error, "a session does not encode as session.avsc; not published");
-                            None
-                        }
-                    }
-                })
+                .map(|row| (format!("{}/{}", row.application, row.session), record(row)))
                 .collect();
-            let deliveries = join_all(messages.iter().map(|(key, payload)| {
-                self.producer.send(
-                    FutureRecord::to(&self.topic).key(key).payload(payload),
-                    Duration::from_secs(30),
-                )
-            }))
-            .await;
-            for ((key, _), delivery) in messages.iter().zip(deliveries) {
-                match delivery {
-                    Ok(_) => {}
-                    // Cannot happen for the sizes `record` bounds; never retried if it does.
-                    Err((error, _)) if refused_for_good(&error) => {
+            for (key, outcome) in self.topic.publish_all(messages).await {
+                match outcome {
+                    Ok(()) => {}
+                    // Never retried: the same session would fail the same way. `record` bounds
+                    // the sizes, so this is a defect to report.
+                    Err(error) if error.is_permanent() => {
                         counter!("eye_processor_session_updates_refused_total").increment(1);
-                        error!(session = %key, %error, "the broker refused a session update for good; the session is in ClickHouse only");
+                        error!(session = %key, %error, "a session update is not published; the session is in ClickHouse only");
                     }
-                    Err((error, _)) => return Err(error.into()),
+                    Err(error) => return Err(error.into()),
                 }
             }
         }

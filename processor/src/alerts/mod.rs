@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clickhouse::Client;
-use eye_core::kafka::refused_for_good;
 use eye_core::schemas::TopicSchema;
 use eye_core::settings::KafkaSettings;
 use metrics::counter;
@@ -39,6 +38,8 @@ pub use rules::{AlertRule, AlertSettings, GroupBy};
 use judgement::{judge_windows, RuleProgress};
 use publish::AlertRow;
 
+use crate::avro_topic::{AvroTopic, PublishError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
     #[error("alert rule {0:?} has neither failures_above nor rate_above")]
@@ -51,16 +52,17 @@ pub enum AlertError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("encoding an alert: {0}")]
-    Avro(#[from] apache_avro::Error),
+    #[error("publishing an alert: {0}")]
+    Publish(#[from] PublishError),
 }
 
 pub struct AlertJudge {
     settings: AlertSettings,
     raw_topic: String,
     client: Client,
+    topic: AvroTopic,
+    /// Also reads the raw topic's partition count.
     producer: FutureProducer,
-    schema: TopicSchema,
     owns_first_partition: Arc<AtomicBool>,
     /// Bounds each ClickHouse request (a hung server fails the judgement, tried again next tick).
     request_timeout: Duration,
@@ -84,12 +86,14 @@ impl AlertJudge {
         schema: TopicSchema,
     ) -> Result<Self, AlertError> {
         settings.check()?;
+        let producer = eye_core::kafka::acknowledged_producer(kafka)?;
+        let topic = AvroTopic::new(producer.clone(), &settings.topic, schema);
         Ok(Self {
             settings,
             raw_topic: raw_topic.to_string(),
             client,
-            producer: eye_core::kafka::acknowledged_producer(kafka)?,
-            schema,
+            topic,
+            producer,
             owns_first_partition: Arc::default(),
             request_timeout,
         })
@@ -178,10 +182,10 @@ impl AlertJudge {
                 let row = self.alert_row(rule, judgement).await?;
                 match self.publish(rule, &row).await {
                     Ok(()) => {}
-                    // Never retried: the same message would be refused again. It is in `alerts`.
-                    Err(AlertError::Kafka(error)) if refused_for_good(&error) => {
+                    // Never retried: the same message would fail again. It is in `alerts`.
+                    Err(AlertError::Publish(error)) if error.is_permanent() => {
                         counter!("eye_processor_alerts_refused_total").increment(1);
-                        error!(rule = %rule.name, alert_id = %row.alert_id, %error, "the broker refused an alert for good");
+                        error!(rule = %rule.name, alert_id = %row.alert_id, %error, "an alert is not published; it is in the alerts table only");
                     }
                     Err(error) => return Err(error),
                 }

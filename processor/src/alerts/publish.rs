@@ -1,10 +1,7 @@
 //! Publishing an alert: the Avro record on the alert topic, and its row in `alerts`.
 
-use std::time::Duration;
-
 use apache_avro::types::Value as Avro;
 use clickhouse::Row;
-use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -84,21 +81,12 @@ impl AlertJudge {
                 ),
             ),
         ]);
-        let payload = self.schema.encode(value)?;
         // Keyed by rule and key: the messages of one alert stay in order on one partition.
         let key = format!(
             "{}/{}/{}/{}",
             row.rule, row.application, row.category, row.name
         );
-        self.producer
-            .send(
-                FutureRecord::to(&self.settings.topic)
-                    .key(&key)
-                    .payload(&payload),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(error, _)| error)?;
+        self.topic.publish(&key, value).await?;
         Ok(())
     }
 }
