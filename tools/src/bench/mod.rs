@@ -82,20 +82,34 @@ pub(crate) async fn sql(
     Ok(body)
 }
 
-/// A fresh database with The Eye's tables and views, as the processor creates them.
+/// A fresh database with The Eye's tables and views, as the processor creates them: the database,
+/// then each `*.sql` file of `schemas/clickhouse/` in name order (one idempotent statement each).
 pub(crate) async fn create_database(
     clickhouse_url: &str,
     database: &str,
     schemas_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let settings = eye_processor::sink::ClickHouseSettings {
-        url: clickhouse_url.to_string(),
-        database: database.to_string(),
-        ..Default::default()
-    };
-    eye_processor::sink::ClickHouseSink::new(&settings)
-        .apply_ddl(database, &schemas_dir.join("clickhouse"))
-        .await?;
+    use anyhow::Context;
+    let http = reqwest::Client::new();
+    sql(
+        &http,
+        clickhouse_url,
+        format!("CREATE DATABASE IF NOT EXISTS `{database}`"),
+    )
+    .await?;
+    let ddl_dir = schemas_dir.join("clickhouse");
+    let mut files: Vec<_> = std::fs::read_dir(&ddl_dir)
+        .with_context(|| format!("reading {}", ddl_dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "sql"))
+        .collect();
+    files.sort();
+    let url = format!("{clickhouse_url}/?database={database}");
+    for file in files {
+        let statement = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        sql(&http, &url, statement).await?;
+    }
     Ok(())
 }
 
