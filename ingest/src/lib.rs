@@ -14,10 +14,13 @@ pub mod routes;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::auth::{Applications, ApplicationsError};
@@ -101,4 +104,42 @@ pub async fn serve(
     operations.stop().await?;
     info!("ingest stopped");
     Ok(())
+}
+
+/// A bridge served on a task of the current runtime, on the addresses its listeners got (tests
+/// and embedding set `listen` and `operations_listen` to `127.0.0.1:0`).
+pub struct Spawned {
+    pub api_addr: SocketAddr,
+    pub operations_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), StartError>>,
+}
+
+impl Spawned {
+    /// Binds the listeners and serves on a new task until [`Spawned::shutdown`].
+    pub async fn start(config: IngestConfig) -> io::Result<Self> {
+        let listeners = Listeners::bind(&config).await?;
+        let api_addr = listeners.api.local_addr()?;
+        let operations_addr = listeners.operations.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(config, listeners, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            api_addr,
+            operations_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// Shuts down as on SIGTERM (see [`serve`]); the error that stopped it early, if any.
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_else(|error| {
+            Err(StartError::Io(io::Error::other(format!(
+                "the bridge's task: {error}"
+            ))))
+        })
+    }
 }

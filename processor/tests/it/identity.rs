@@ -7,7 +7,6 @@ use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig};
 use eye_ingest::routes::Accepted;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::common::*;
@@ -25,16 +24,8 @@ async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_micro
     }];
     ingest.listen = "127.0.0.1:0".into();
     ingest.operations_listen = "127.0.0.1:0".into();
-    let listeners = eye_ingest::Listeners::bind(&ingest).await.unwrap();
-    let ingest_url = format!("http://{}/v1/events", listeners.api.local_addr().unwrap());
-    let (stop_ingest, ingest_stopped) = oneshot::channel::<()>();
-    let ingest_task = tokio::spawn(async move {
-        eye_ingest::serve(ingest, listeners, async move {
-            let _ = ingest_stopped.await;
-        })
-        .await
-        .unwrap();
-    });
+    let bridge = eye_ingest::Spawned::start(ingest).await.unwrap();
+    let ingest_url = format!("http://{}/v1/events", bridge.api_addr);
     let processor = Processor::start(setup.config()).await;
 
     let events: Vec<Value> = ["pageview", "cta_click", "form_submit"]
@@ -98,8 +89,7 @@ async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_micro
         .await;
 
     processor.stop().await;
-    let _ = stop_ingest.send(());
-    ingest_task.await.unwrap();
+    bridge.shutdown().await.unwrap();
 }
 
 #[tokio::test]

@@ -59,16 +59,9 @@ async fn generated_traffic_reaches_the_processor_as_generated_over_both_targets(
     }];
     ingest.listen = "127.0.0.1:0".into();
     ingest.operations_listen = "127.0.0.1:0".into();
-    let listeners = eye_ingest::Listeners::bind(&ingest).await.unwrap();
-    let url = format!("http://{}/v1/events", listeners.api.local_addr().unwrap());
-    let ready = format!(
-        "http://{}/readyz",
-        listeners.operations.local_addr().unwrap()
-    );
-    let (stop_ingest, ingest_stopped) = tokio::sync::oneshot::channel::<()>();
-    let bridge = tokio::spawn(eye_ingest::serve(ingest, listeners, async move {
-        let _ = ingest_stopped.await;
-    }));
+    let bridge = eye_ingest::Spawned::start(ingest).await.unwrap();
+    let url = format!("http://{}/v1/events", bridge.api_addr);
+    let ready = format!("http://{}/readyz", bridge.operations_addr);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while !reqwest::get(&ready)
@@ -143,8 +136,7 @@ async fn generated_traffic_reaches_the_processor_as_generated_over_both_targets(
         "--seed",
         "8",
     ]);
-    let _ = stop_ingest.send(());
-    bridge.await.unwrap().unwrap();
+    bridge.shutdown().await.unwrap();
 
     for (summary, count) in [(&over_http, 400), (&over_kafka, 300), (&duplicated, 200)] {
         assert_eq!(summary["events"], count, "{summary}");

@@ -162,4 +162,3 @@ fn run_cli(cli: Cli) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-

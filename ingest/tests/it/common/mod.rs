@@ -13,8 +13,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use reqwest::StatusCode;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub const PARTITIONS: i32 = 3;
 pub const SHOP_KEY: &str = "shop-key";
@@ -42,8 +40,7 @@ pub struct Bridge {
     pub operations_url: String,
     pub topic: String,
     pub bootstrap: String,
-    pub stop: Option<oneshot::Sender<()>>,
-    pub task: Option<JoinHandle<()>>,
+    pub spawned: Option<eye_ingest::Spawned>,
     pub http: reqwest::Client,
 }
 
@@ -68,24 +65,13 @@ impl Bridge {
         config.listen = "127.0.0.1:0".into();
         config.operations_listen = "127.0.0.1:0".into();
         adjust(&mut config);
-        let listeners = eye_ingest::Listeners::bind(&config).await.unwrap();
-        let url = format!("http://{}", listeners.api.local_addr().unwrap());
-        let operations_url = format!("http://{}", listeners.operations.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            eye_ingest::serve(config, listeners, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("ingest serves");
-        });
+        let spawned = eye_ingest::Spawned::start(config).await.unwrap();
         let bridge = Bridge {
-            url,
-            operations_url,
+            url: format!("http://{}", spawned.api_addr),
+            operations_url: format!("http://{}", spawned.operations_addr),
             topic,
             bootstrap: bootstrap.to_string(),
-            stop: Some(stop),
-            task: Some(task),
+            spawned: Some(spawned),
             http: reqwest::Client::new(),
         };
         bridge.wait_ready().await;
@@ -140,8 +126,12 @@ impl Bridge {
     }
 
     pub async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
+        self.spawned
+            .take()
+            .unwrap()
+            .shutdown()
+            .await
+            .expect("ingest serves");
     }
 }
 
