@@ -1,7 +1,9 @@
 //! `eye load`: realistic traffic for the pipeline, over HTTP to the ingest bridge or straight to the
 //! raw Kafka topic, at a fixed rate or as fast as it goes. Sessions of the three reference event
 //! types, a chosen share of each failure kind, events out of order and sent twice. Prints
-//! throughput and reply-latency percentiles (HDR histogram), as a table or as JSON.
+//! throughput (events/s, MiB/s) and reply-latency percentiles (HDR histogram), as a table or as
+//! JSON. At a rate, latency counts from when each request was due ([`crate::schedule`]), so a
+//! stall of the system under test shows.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value as Json};
 
+use crate::schedule::{sent_late, Schedule};
 use crate::traffic::{GeneratedEvent, Generator, TrafficArgs};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -59,7 +62,8 @@ pub struct LoadArgs {
     /// …or after this many events (10,000 when neither is given).
     #[arg(long)]
     count: Option<u64>,
-    /// Concurrent clients, each waiting for its reply before its next request.
+    /// Concurrent clients, each waiting for its reply before its next request; at a `--rate`,
+    /// latencies count from when each request was due, so a client held up by a slow reply shows.
     #[arg(long, default_value_t = 8)]
     clients: usize,
     /// Events per request (a JSON array when above 1) or per produced group.
@@ -157,7 +161,11 @@ impl Sender {
 #[derive(Default)]
 struct Outcome {
     requests: u64,
+    /// Sent more than [`crate::schedule::LATE_AFTER`] after they were due.
+    late_requests: u64,
     events: u64,
+    /// The events' own bytes (the body less JSON array punctuation).
+    bytes: u64,
     accepted_events: u64,
     refused: BTreeMap<String, u64>,
 }
@@ -221,9 +229,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     )?));
     let outcome = Arc::new(Mutex::new(Outcome::default()));
     let batch = args.batch_size.max(1) as u64;
-    // Each client keeps its share of the rate: one request per `period`.
-    let period = (args.rate > 0)
-        .then(|| Duration::from_secs_f64(args.clients as f64 * batch as f64 / args.rate as f64));
+    let requests_per_second = args.rate as f64 / batch as f64;
     let started = Instant::now();
     let client_count = args.clients.max(1);
     let clients: Vec<_> = (0..client_count)
@@ -237,14 +243,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 progress.clone(),
             );
             tokio::spawn(async move {
-                let mut ticks = period.map(|period| {
-                    // Spread the clients over one period.
-                    let start = tokio::time::Instant::now()
-                        + period.mul_f64(client as f64 / client_count as f64);
-                    let mut ticks = tokio::time::interval_at(start, period);
-                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    ticks
-                });
+                let mut schedule = Schedule::new(requests_per_second, client, client_count);
                 loop {
                     if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                         return;
@@ -262,16 +261,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                             batch
                         }
                     };
-                    if let Some(ticks) = ticks.as_mut() {
-                        ticks.tick().await;
-                    }
+                    let due = schedule.next_due().await;
                     let events: Vec<GeneratedEvent> = {
                         let mut generator = generator.lock().unwrap_or_else(|p| p.into_inner());
                         (0..take).map(|_| generator.next()).collect()
                     };
-                    let sent = Instant::now();
+                    let late = sent_late(due);
                     let reply = sender.send(&events).await;
-                    let elapsed = sent.elapsed().as_micros() as u64;
+                    let elapsed = due.elapsed().as_micros() as u64;
                     latency_us
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -279,6 +276,13 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                     let mut outcome = outcome.lock().unwrap_or_else(|p| p.into_inner());
                     outcome.requests += 1;
                     outcome.events += take;
+                    outcome.bytes += events
+                        .iter()
+                        .map(|event| event.bytes.len() as u64)
+                        .sum::<u64>();
+                    if late {
+                        outcome.late_requests += 1;
+                    }
                     match reply {
                         Reply::Accepted => outcome.accepted_events += take,
                         Reply::Refused(why) => *outcome.refused.entry(why).or_default() += 1,
@@ -316,6 +320,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         "refused_requests": outcome.refused,
         "events_per_second": outcome.events as f64 / elapsed,
         "requests_per_second": outcome.requests as f64 / elapsed,
+        "bytes_per_event": outcome.bytes as f64 / outcome.events.max(1) as f64,
+        "mib_per_second": outcome.bytes as f64 / elapsed / (1024.0 * 1024.0),
+        "late_requests": outcome.late_requests,
+        // Open loop: from when each request was due at the rate; closed loop: from its send.
+        "latency_from": if args.rate > 0 { "due" } else { "send" },
         "latency_ms": {
             "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999),
             "max": latency.max() as f64 / 1000.0,
@@ -329,7 +338,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     });
     if args.rate > 0 && (outcome.events as f64 / elapsed) < 0.9 * args.rate as f64 {
         eprintln!(
-            "the rate was not reached: each client waits for its reply; raise --clients or --batch-size"
+            "the rate was not reached: each client waits for its reply; raise --clients or --batch-size (latencies count from when each request was due, so they include the wait)"
         );
     }
     if args.json {
@@ -353,6 +362,13 @@ fn print_table(summary: &Json) {
         ("events accepted", &["accepted_events"][..]),
         ("events/s", &["events_per_second"][..]),
         ("requests/s", &["requests_per_second"][..]),
+        ("bytes per event", &["bytes_per_event"][..]),
+        ("MiB/s", &["mib_per_second"][..]),
+        ("latency counted from", &["latency_from"][..]),
+        (
+            "requests sent late (> 1 ms after due)",
+            &["late_requests"][..],
+        ),
         ("reply p50 ms", &["latency_ms", "p50"][..]),
         ("reply p90 ms", &["latency_ms", "p90"][..]),
         ("reply p99 ms", &["latency_ms", "p99"][..]),

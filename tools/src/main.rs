@@ -4,6 +4,7 @@ mod bench;
 mod chaos;
 mod load;
 mod produce;
+mod schedule;
 mod traffic;
 
 use clap::{Parser, Subcommand};

@@ -1,4 +1,6 @@
-//! End to end: a steady rate through running services, 202 to visible row.
+//! End to end: a steady rate through running services, 202 to visible row. Open loop: requests
+//! are due at the rate whatever the replies ([`crate::schedule`]), and reply times count from
+//! when a request was due.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::reference_events;
+use crate::schedule::{sent_late, Schedule};
 
 #[derive(Args)]
 pub struct E2eBench {
@@ -42,36 +45,37 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    let replied: Arc<std::sync::Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    // Each accepted event: when its request was due, and when its 202 came.
+    let replied: Arc<std::sync::Mutex<HashMap<Uuid, (Instant, Instant)>>> = Arc::default();
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let late = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let started_at = chrono::Utc::now();
     let deadline = started + Duration::from_secs(args.seconds);
-    let period = Duration::from_secs_f64(args.clients as f64 / args.rate.max(1) as f64);
     let clients: Vec<_> = (0..args.clients)
         .map(|client| {
-            let (http, url, key, replied, refused) = (
+            let (http, url, key, replied, refused, late) = (
                 http.clone(),
                 args.url.clone(),
                 args.api_key.clone(),
                 replied.clone(),
                 refused.clone(),
+                late.clone(),
             );
-            let first =
-                tokio::time::Instant::now() + period.mul_f64(client as f64 / args.clients as f64);
+            let mut schedule = Schedule::new(args.rate.max(1) as f64, client, args.clients);
             tokio::spawn(async move {
                 let mut reply_us = Histogram::<u64>::new(3).expect("histogram");
-                let mut ticks = tokio::time::interval_at(first, period);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while Instant::now() < deadline {
-                    ticks.tick().await;
+                    let due = schedule.next_due().await;
                     let event_id = Uuid::now_v7();
                     let mut event = reference_events(1).remove(0);
                     event["event_id"] = json!(event_id.to_string());
                     event["timestamp"] = json!(chrono::Utc::now()
                         .format("%Y-%m-%d %H:%M:%S%.6f")
                         .to_string());
-                    let sent = Instant::now();
+                    if sent_late(due) {
+                        late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let response = http
                         .post(&url)
                         .bearer_auth(&key)
@@ -80,14 +84,14 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
                         .send()
                         .await;
                     reply_us
-                        .record(sent.elapsed().as_micros() as u64)
+                        .record(due.elapsed().as_micros() as u64)
                         .expect("an auto-resizing histogram");
                     match response {
                         Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
                             replied
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
-                                .insert(event_id, Instant::now());
+                                .insert(event_id, (due, Instant::now()));
                         }
                         _ => {
                             refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -101,6 +105,7 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
 
     // Poll for rows until every accepted event is seen (or 30 s after the last request).
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut due_to_row_us = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     let mut seen: std::collections::HashSet<Uuid> = Default::default();
     let mut lag_series: Vec<(u64, i64)> = Vec::new();
     let mut next_lag = Instant::now();
@@ -140,11 +145,13 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
                 let Ok(event_id) = Uuid::parse_str(line.trim()) else {
                     continue;
                 };
-                if let Some(reply) = replied.get(&event_id) {
+                if let Some((due, reply)) = replied.get(&event_id) {
                     if seen.insert(event_id) {
-                        latency_us.saturating_record(
-                            now.saturating_duration_since(*reply).as_micros().max(1) as u64,
-                        );
+                        let since = |then: &Instant| {
+                            now.saturating_duration_since(*then).as_micros().max(1) as u64
+                        };
+                        latency_us.saturating_record(since(reply));
+                        due_to_row_us.saturating_record(since(due));
                     }
                 }
             }
@@ -180,10 +187,14 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
         refused.load(std::sync::atomic::Ordering::Relaxed)
     );
     println!(
-        "| reply (202) p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
+        "| reply (202) from when due, p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
         reply_us.value_at_quantile(0.5) as f64 / 1000.0,
         reply_us.value_at_quantile(0.99) as f64 / 1000.0,
         reply_us.max() as f64 / 1000.0
+    );
+    println!(
+        "| requests sent late (> 1 ms after due) | {} |",
+        late.load(std::sync::atomic::Ordering::Relaxed)
     );
     println!("| rows seen in events | {} |", seen.len());
     println!("| 202 → row visible p50 | {:.0} ms |", ms(0.5));
@@ -191,6 +202,12 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
     println!(
         "| 202 → row visible max | {:.0} ms |",
         latency_us.max() as f64 / 1000.0
+    );
+    println!(
+        "| due → row visible p50 / p99 / max | {:.0} / {:.0} / {:.0} ms |",
+        due_to_row_us.value_at_quantile(0.5) as f64 / 1000.0,
+        due_to_row_us.value_at_quantile(0.99) as f64 / 1000.0,
+        due_to_row_us.max() as f64 / 1000.0
     );
     println!("| resolution (poll interval) | {} ms |", args.poll_ms);
     println!("| consumer lag max / at end | {lag_max} / {lag_end} |");
