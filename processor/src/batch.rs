@@ -16,25 +16,14 @@ pub struct Batch {
     /// Per partition, the offset after the last message in the batch.
     pub next_offsets: BTreeMap<i32, i64>,
     pub opened: Option<Instant>,
+    /// Sessions with a message here whose key is not the session id: their events may be in
+    /// any partition, so no processor holds the whole session.
+    pub sessions_not_keyed: BTreeSet<(String, Uuid)>,
 }
 
 impl Batch {
     pub fn len(&self) -> usize {
         self.events.len() + self.errors.len()
-    }
-
-    /// The sessions the batch touches: of its events, and of its failures naming one.
-    pub fn sessions(&self) -> BTreeSet<(String, Uuid)> {
-        self.events
-            .iter()
-            .map(|row| (row.application.clone(), row.session_id))
-            .chain(
-                self.errors
-                    .iter()
-                    .filter(|failed| !failed.row.session_id.is_nil())
-                    .map(|failed| (failed.row.application.clone(), failed.row.session_id)),
-            )
-            .collect()
     }
 
     /// Per partition, the lowest offset the batch holds.
@@ -157,17 +146,8 @@ mod tests {
             errors: vec![failure(1, 3, 0), failure(2, 9, 3)],
             next_offsets: BTreeMap::from([(0, 7), (1, 8), (2, 10)]),
             opened: Some(Instant::now()),
+            sessions_not_keyed: BTreeSet::new(),
         }
-    }
-
-    #[test]
-    fn sessions_are_those_of_events_and_of_failures_naming_one() {
-        let sessions: Vec<u128> = batch()
-            .sessions()
-            .into_iter()
-            .map(|(_, session)| session.as_u128())
-            .collect();
-        assert_eq!(sessions, [1, 2, 3], "the nil session of a failure is none");
     }
 
     #[test]

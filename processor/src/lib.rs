@@ -5,8 +5,8 @@
 //! partitions, offsets, commits) → [`validate`] (schemas from `eye_core::schemas`, timestamps
 //! from `eye_core::timestamp`; the [`failure`] kinds) → a row of [`rows`] in the batch →
 //! [`sink`] (ClickHouse), and for failures also [`dead_letter`] (the dead-letter topic), then
-//! [`session_updates`]. [`alerts`] judges the failure counts in ClickHouse and publishes the
-//! error-alert topic.
+//! [`session_state`] (the sessions held in memory) → [`session_updates`]. [`alerts`] judges the
+//! failure counts in ClickHouse and publishes the error-alert topic.
 
 pub mod alerts;
 pub mod avro_topic;
@@ -19,6 +19,7 @@ pub mod readiness;
 pub mod replay;
 pub mod rows;
 mod run;
+pub mod session_state;
 pub mod session_updates;
 pub mod sink;
 pub mod source;

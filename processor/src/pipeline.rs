@@ -8,12 +8,12 @@
 //! becomes a `sink_rejected` failure, so no row can stop a partition. Anything else is retried
 //! with backoff (readiness false meanwhile).
 //!
-//! A batch's session updates are published while the next batch is read (reading a batch's
-//! sessions back from ClickHouse was the largest part of a batch's time); its offsets are stored
-//! once they are out. A batch written but not yet published when its partitions are revoked is
-//! read again by the new owner (the same rows, collapsed by the tables).
+//! A batch's session updates are published from the sessions held in memory
+//! ([`session_state`](crate::session_state)) before the next message is read: so a rebalance,
+//! which happens only while reading, finds every update of this processor acknowledged, and the
+//! partitions' next owner publishes after it, never before. A batch written but not published
+//! when the processor stops is read again (the same rows, collapsed by the tables).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -25,7 +25,6 @@ use metrics::{counter, histogram};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
-use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
@@ -33,6 +32,7 @@ use crate::batch::Batch;
 use crate::dead_letter::DeadLetterSink;
 use crate::readiness::Readiness;
 use crate::rows::{ErrorRow, FailedMessage, WatermarkRow};
+use crate::session_state::{SessionChanges, SessionStates};
 use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::source::{RawTopic, WrittenOffsets};
@@ -66,13 +66,8 @@ impl Default for BatchSettings {
 pub struct Outputs {
     /// None in a replay: the dead letters of the log are on their topic already.
     pub dead_letters: Option<DeadLetterSink>,
-    pub session_updates: Option<SessionUpdates>,
-}
-
-/// A written batch whose session updates are being published; its offsets wait for them.
-struct Publishing {
-    task: JoinHandle<()>,
-    next_offsets: BTreeMap<i32, i64>,
+    /// The session topic's publisher and the sessions held in memory.
+    pub session_updates: Option<(SessionUpdates, SessionStates)>,
 }
 
 pub struct Pipeline {
@@ -80,8 +75,8 @@ pub struct Pipeline {
     validator: Validator,
     sink: ClickHouseSink,
     dead_letters: Option<DeadLetterSink>,
-    session_updates: Option<Arc<SessionUpdates>>,
-    publishing: Option<Publishing>,
+    session_updates: Option<SessionUpdates>,
+    session_states: Option<SessionStates>,
     batch: BatchSettings,
     /// The raw topic, as `watermark_updates` names it.
     topic: String,
@@ -98,6 +93,7 @@ impl Pipeline {
         outputs: Outputs,
         readiness: Arc<Readiness>,
     ) -> Self {
+        let (session_updates, session_states) = outputs.session_updates.unzip();
         Self {
             topic: source.topic().to_string(),
             default_application: source.default_application().to_string(),
@@ -105,8 +101,8 @@ impl Pipeline {
             validator,
             sink,
             dead_letters: outputs.dead_letters,
-            session_updates: outputs.session_updates.map(Arc::new),
-            publishing: None,
+            session_updates,
+            session_states,
             batch,
             readiness,
         }
@@ -142,11 +138,6 @@ impl Pipeline {
                         break;
                     }
                 }
-                outcome = published(&mut self.publishing), if self.publishing.is_some() => {
-                    if let Some(publishing) = self.publishing.take() {
-                        self.complete_publishing(publishing.next_offsets, outcome);
-                    }
-                }
                 _ = idle_reports.tick(), if deadline.is_none() && follows_group => self.report_idle().await,
                 message = self.source.recv() => match message {
                     Ok(message) => {
@@ -167,13 +158,6 @@ impl Pipeline {
             self.write(tokio::time::sleep(Duration::from_secs(10)))
                 .await;
         }
-        // Bounded too: unpublished sessions are published again after the batch is redelivered.
-        if tokio::time::timeout(Duration::from_secs(10), self.finish_publishing())
-            .await
-            .is_err()
-        {
-            warn!("session updates not published at shutdown; their batch will be read again");
-        }
         if !follows_group {
             self.report_range_end().await;
         }
@@ -191,14 +175,26 @@ impl Pipeline {
         {
             Ok(valid) => {
                 counter!("eye_processor_events_total", "outcome" => "valid").increment(1);
-                batch.events.push(valid.into_row(partition, offset));
+                let row = valid.into_row(partition, offset);
+                if !keyed_by(message, row.session_id) {
+                    batch
+                        .sessions_not_keyed
+                        .insert((row.application.clone(), row.session_id));
+                }
+                batch.events.push(row);
             }
             Err(failed) => {
                 counter!("eye_processor_events_total", "outcome" => "invalid").increment(1);
                 counter!("eye_processor_failures_total", "error_type" => failed.failure.error_type.as_str())
                     .increment(1);
+                let row = failed.into_row(message.payload().unwrap_or_default(), partition, offset);
+                if !row.session_id.is_nil() && !keyed_by(message, row.session_id) {
+                    batch
+                        .sessions_not_keyed
+                        .insert((row.application.clone(), row.session_id));
+                }
                 batch.errors.push(FailedMessage {
-                    row: failed.into_row(message.payload().unwrap_or_default(), partition, offset),
+                    row,
                     key: message.key().map(<[u8]>::to_vec),
                     headers: headers_of(message)
                         .into_iter()
@@ -228,7 +224,11 @@ impl Pipeline {
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
         let mut isolated = false;
+        if let Some(states) = &mut self.session_states {
+            states.ownership_changed(self.source.take_ownership_changes());
+        }
         loop {
+            self.prepare_session_states().await;
             match self.insert(batch).await {
                 Ok(()) => break,
                 // Once: a refusal that outlives isolating the refused rows is no row's fault,
@@ -260,41 +260,25 @@ impl Pipeline {
             next_offsets = ?batch.next_offsets,
             "batch written"
         );
-        self.finish_publishing().await;
-        match &self.session_updates {
-            Some(session_updates) => {
-                self.publishing = Some(Publishing {
-                    task: tokio::spawn(publish_until_done(
-                        session_updates.clone(),
-                        batch.sessions(),
-                        self.readiness.clone(),
-                    )),
-                    next_offsets: batch.next_offsets.clone(),
-                })
+        if let (Some(session_updates), Some(states)) =
+            (&self.session_updates, &mut self.session_states)
+        {
+            let changes = states.apply(batch);
+            if !publish_until_done(session_updates, &changes, &self.readiness, &mut stop).await {
+                return false;
             }
-            None => self.source.store_offsets(&batch.next_offsets),
         }
+        self.source.store_offsets(&batch.next_offsets);
         true
     }
 
-    /// Waits for the previous batch's session updates, then stores its offsets.
-    async fn finish_publishing(&mut self) {
-        if let Some(publishing) = self.publishing.take() {
-            let outcome = publishing.task.await;
-            self.complete_publishing(publishing.next_offsets, outcome);
-        }
-    }
-
-    fn complete_publishing(
-        &self,
-        next_offsets: BTreeMap<i32, i64>,
-        outcome: Result<(), JoinError>,
-    ) {
-        match outcome {
-            Ok(()) => self.source.store_offsets(&next_offsets),
-            Err(error) => {
-                error!(%error, "publishing session updates failed; their batch will be read again after a restart")
-            }
+    /// Before a batch is written: what the sessions held in memory need from ClickHouse after a
+    /// change of partitions.
+    async fn prepare_session_states(&mut self) {
+        if let Some(states) = &mut self.session_states {
+            states
+                .prepare(&self.sink.client(), self.sink.request_timeout())
+                .await;
         }
     }
 
@@ -385,41 +369,52 @@ impl Pipeline {
     }
 }
 
-/// Publishes the sessions, retrying with backoff until they are out.
+/// Publishes the sessions, retrying with backoff until they are out; false when `stop` resolved
+/// first (the batch is then read again after a restart).
 async fn publish_until_done(
-    session_updates: Arc<SessionUpdates>,
-    sessions: BTreeSet<(String, Uuid)>,
-    readiness: Arc<Readiness>,
-) {
+    session_updates: &SessionUpdates,
+    sessions: &SessionChanges,
+    readiness: &Readiness,
+    mut stop: impl Future<Output = ()> + Unpin,
+) -> bool {
     let started = Instant::now();
     let mut backoff = Duration::from_secs(1);
-    while let Err(error) = session_updates.publish(&sessions).await {
+    while let Err(error) = session_updates
+        .publish(&sessions.summaries, &sessions.read_back)
+        .await
+    {
         readiness.set_outputs_healthy(false);
         counter!("eye_processor_sink_retries_total").increment(1);
         warn!(%error, retry_in = ?backoff, "publishing session updates failed");
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = &mut stop => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     readiness.set_outputs_healthy(true);
     histogram!("eye_processor_session_updates_seconds").record(started.elapsed().as_secs_f64());
+    true
 }
 
-/// The publishing task's outcome once it is done (never when there is none).
 fn now_seconds() -> u32 {
     Utc::now().timestamp() as u32
-}
-
-async fn published(publishing: &mut Option<Publishing>) -> Result<(), JoinError> {
-    match publishing {
-        Some(publishing) => (&mut publishing.task).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
         tokio::time::sleep_until(deadline.into()).await;
     }
+}
+
+/// Whether the message is keyed by its session, as the raw topic's contract asks (the bridge
+/// does): then all of a session's events are in one partition.
+fn keyed_by(message: &BorrowedMessage<'_>, session_id: Uuid) -> bool {
+    message
+        .key()
+        .and_then(|key| std::str::from_utf8(key).ok())
+        .and_then(|key| Uuid::parse_str(key).ok())
+        == Some(session_id)
 }
 
 /// The message's Kafka side, for the validator.

@@ -1,5 +1,6 @@
-//! The rows the processor writes: one struct per ClickHouse table it inserts into, and a failed
-//! message as the batch holds it (its row, and what the dead letter needs besides).
+//! The rows the processor writes: one struct per ClickHouse table it inserts into, a failed
+//! message as the batch holds it (its row, and what the dead letter needs besides), and a
+//! session as the session topic carries it.
 
 use clickhouse::Row;
 use serde::Serialize;
@@ -66,6 +67,30 @@ pub struct WatermarkRow {
     pub event_time: u32,
     pub received_time: u32,
     pub updated_at: u32,
+}
+
+/// A session as the session topic carries it: what `session_summary` says of it, before
+/// encoding (see `session_updates`). Times in microseconds since the epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionSummary {
+    pub application: String,
+    pub session_id: Uuid,
+    pub first_us: u64,
+    pub last_us: u64,
+    /// Distinct valid events.
+    pub event_count: u64,
+    /// Distinct valid events per (category, name).
+    pub by_type: Vec<(String, String, u64)>,
+    /// The path of the first and of the last pageview; empty when there is none.
+    pub entry_path: String,
+    pub exit_path: String,
+    pub distinct_pages: u64,
+    pub form_submitted: bool,
+    /// The latest `received_at` of a valid event, and of a failed one (0 when none).
+    pub last_received_us: u64,
+    /// Distinct failed events naming the session.
+    pub error_count: u64,
+    pub error_last_received_us: u64,
 }
 
 /// RowBinary writes a `String` as length + bytes, which is what a byte slice serialises to.

@@ -1,8 +1,10 @@
-//! The session topic (default `eye.sessions`): after each batch, every session it touched, as it
-//! stands in ClickHouse (`sessions` and `session_errors`), in Avro single-object encoding
+//! The session topic (default `eye.sessions`): after each batch, every session it touched, as
+//! `session_summary` then has it, in Avro single-object encoding
 //! (`schemas/avro/topics/session.avsc`), keyed `application/session_id`, so other services can
-//! follow sessions without ClickHouse. The state is read after the batch's rows are in, so the
-//! latest message of a session is the session, whatever wrote last (a processor or a replay).
+//! follow sessions without ClickHouse. Sessions the processor holds in memory
+//! ([`crate::session_state`]) are published from there; the others are read from ClickHouse
+//! (`sessions` and `session_errors`) after the batch's rows are in. Either way the latest
+//! message of a session is the session.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
@@ -18,6 +20,7 @@ use tracing::error;
 use uuid::Uuid;
 
 use crate::avro_topic::{AvroTopic, PublishError};
+use crate::rows::SessionSummary;
 use crate::sink::{within, ClickHouseSink};
 
 /// Sessions read per query. The ids travel as one string literal, split in ClickHouse: a list of
@@ -34,6 +37,14 @@ pub struct SessionUpdateSettings {
     pub topic: String,
     /// Partitions the topic is created with when it does not exist.
     pub partitions: i32,
+    /// Sessions held in memory at most (about 1 KB each at 10 events); past it the least
+    /// recently written leave memory and are read back from ClickHouse when they move again.
+    pub max_sessions_in_memory: usize,
+    /// A session with no event received for this long (against the newest `received_at` seen)
+    /// leaves memory.
+    pub idle_seconds: u64,
+    /// Sessions the filter of those ClickHouse may hold is sized for (about 1.2 bytes each).
+    pub known_sessions_capacity: usize,
 }
 
 impl Default for SessionUpdateSettings {
@@ -42,6 +53,9 @@ impl Default for SessionUpdateSettings {
             enabled: true,
             topic: "eye.sessions".into(),
             partitions: 4,
+            max_sessions_in_memory: 1_000_000,
+            idle_seconds: 3_600,
+            known_sessions_capacity: 10_000_000,
         }
     }
 }
@@ -73,6 +87,26 @@ struct SessionRow {
     error_last_received: u64,
 }
 
+impl SessionRow {
+    fn into_summary(self) -> SessionSummary {
+        SessionSummary {
+            application: self.application,
+            session_id: Uuid::parse_str(&self.session).unwrap_or_default(),
+            first_us: self.first_us,
+            last_us: self.last_us,
+            event_count: self.event_count,
+            by_type: self.by_type,
+            entry_path: self.entry,
+            exit_path: self.exit,
+            distinct_pages: self.distinct_pages,
+            form_submitted: self.submitted > 0,
+            last_received_us: self.last_received,
+            error_count: self.error_count,
+            error_last_received_us: self.error_last_received,
+        }
+    }
+}
+
 pub struct SessionUpdates {
     topic: AvroTopic,
     client: Client,
@@ -97,29 +131,52 @@ impl SessionUpdates {
         })
     }
 
-    /// Publishes the current state of each session and waits for the broker's acknowledgements.
+    /// Publishes each session, as `summaries` say and as ClickHouse holds those of `read_back`
+    /// (sessions the processor does not hold in memory), and waits for the broker's
+    /// acknowledgements.
     pub async fn publish(
         &self,
-        sessions: &BTreeSet<(String, Uuid)>,
+        summaries: &[SessionSummary],
+        read_back: &BTreeSet<(String, Uuid)>,
     ) -> Result<(), SessionUpdateError> {
-        let sessions: Vec<&(String, Uuid)> = sessions.iter().collect();
-        for chunk in sessions.chunks(SESSIONS_PER_QUERY) {
+        self.publish_summaries(summaries).await?;
+        counter!("eye_processor_session_updates_total", "from" => "memory")
+            .increment(summaries.len() as u64);
+        let read_back: Vec<&(String, Uuid)> = read_back.iter().collect();
+        for chunk in read_back.chunks(SESSIONS_PER_QUERY) {
             let rows = self.read(chunk).await?;
-            let messages = rows
-                .iter()
-                .map(|row| (format!("{}/{}", row.application, row.session), record(row)))
-                .collect();
-            for (key, outcome) in self.topic.publish_all(messages).await {
-                match outcome {
-                    Ok(()) => {}
-                    // Never retried: the same session would fail the same way. `record` bounds
-                    // the sizes, so this is a defect to report.
-                    Err(error) if error.is_permanent() => {
-                        counter!("eye_processor_session_updates_refused_total").increment(1);
-                        error!(session = %key, %error, "a session update is not published; the session is in ClickHouse only");
-                    }
-                    Err(error) => return Err(error.into()),
+            let summaries: Vec<SessionSummary> =
+                rows.into_iter().map(SessionRow::into_summary).collect();
+            self.publish_summaries(&summaries).await?;
+            counter!("eye_processor_session_updates_total", "from" => "clickhouse")
+                .increment(summaries.len() as u64);
+        }
+        Ok(())
+    }
+
+    async fn publish_summaries(
+        &self,
+        summaries: &[SessionSummary],
+    ) -> Result<(), SessionUpdateError> {
+        let messages = summaries
+            .iter()
+            .map(|summary| {
+                (
+                    format!("{}/{}", summary.application, summary.session_id),
+                    record(summary),
+                )
+            })
+            .collect();
+        for (key, outcome) in self.topic.publish_all(messages).await {
+            match outcome {
+                Ok(()) => {}
+                // Never retried: the same session would fail the same way. `record` bounds
+                // the sizes, so this is a defect to report.
+                Err(error) if error.is_permanent() => {
+                    counter!("eye_processor_session_updates_refused_total").increment(1);
+                    error!(session = %key, %error, "a session update is not published; the session is in ClickHouse only");
                 }
+                Err(error) => return Err(error.into()),
             }
         }
         Ok(())
@@ -196,11 +253,11 @@ fn bounded_path(path: &str) -> String {
     format!("{}{TRUNCATION_MARKER}", &path[..cut])
 }
 
-fn record(row: &SessionRow) -> Avro {
+fn record(session: &SessionSummary) -> Avro {
     let micros = |value: u64| value as i64;
     let mut by_category: BTreeMap<&str, i64> = BTreeMap::new();
     let mut by_type: BTreeMap<String, i64> = BTreeMap::new();
-    for (category, name, count) in &row.by_type {
+    for (category, name, count) in &session.by_type {
         *by_category.entry(category).or_default() += *count as i64;
         *by_type.entry(format!("{category}/{name}")).or_default() += *count as i64;
     }
@@ -209,24 +266,24 @@ fn record(row: &SessionRow) -> Avro {
         path => Avro::Union(1, Box::new(Avro::String(bounded_path(path)))),
     };
     Avro::Record(vec![
-        ("application".into(), Avro::String(row.application.clone())),
         (
-            "session_id".into(),
-            Avro::Uuid(Uuid::parse_str(&row.session).unwrap_or_default()),
+            "application".into(),
+            Avro::String(session.application.clone()),
         ),
+        ("session_id".into(), Avro::Uuid(session.session_id)),
         (
             "start_time".into(),
-            Avro::TimestampMicros(micros(row.first_us)),
+            Avro::TimestampMicros(micros(session.first_us)),
         ),
         (
             "end_time".into(),
-            Avro::TimestampMicros(micros(row.last_us)),
+            Avro::TimestampMicros(micros(session.last_us)),
         ),
         (
             "duration_us".into(),
-            Avro::Long(micros(row.last_us) - micros(row.first_us)),
+            Avro::Long(micros(session.last_us) - micros(session.first_us)),
         ),
-        ("events".into(), Avro::Long(row.event_count as i64)),
+        ("events".into(), Avro::Long(session.event_count as i64)),
         (
             "events_by_category".into(),
             Avro::Map(
@@ -245,17 +302,22 @@ fn record(row: &SessionRow) -> Avro {
                     .collect(),
             ),
         ),
-        ("entry_path".into(), path(&row.entry)),
-        ("exit_path".into(), path(&row.exit)),
+        ("entry_path".into(), path(&session.entry_path)),
+        ("exit_path".into(), path(&session.exit_path)),
         (
             "distinct_pages".into(),
-            Avro::Long(row.distinct_pages as i64),
+            Avro::Long(session.distinct_pages as i64),
         ),
-        ("form_submitted".into(), Avro::Boolean(row.submitted > 0)),
-        ("errors".into(), Avro::Long(row.error_count as i64)),
+        (
+            "form_submitted".into(),
+            Avro::Boolean(session.form_submitted),
+        ),
+        ("errors".into(), Avro::Long(session.error_count as i64)),
         (
             "last_update".into(),
-            Avro::TimestampMicros(micros(row.last_received.max(row.error_last_received))),
+            Avro::TimestampMicros(micros(
+                session.last_received_us.max(session.error_last_received_us),
+            )),
         ),
     ])
 }

@@ -140,6 +140,7 @@ impl RawTopic {
                 consumer.assign(&assignment)?;
                 let mut progress = lock(&progress);
                 progress.assigned = start.keys().copied().collect();
+                progress.ownership_changes.assigned = true;
                 progress.stored = start.clone();
             }
         }
@@ -179,6 +180,11 @@ impl RawTopic {
     /// The batch read so far, leaving an empty one to read into.
     pub fn take_batch(&self) -> Batch {
         std::mem::take(&mut lock(&self.progress).batch)
+    }
+
+    /// How ownership changed since the last call. Changes happen only inside [`RawTopic::recv`].
+    pub fn take_ownership_changes(&self) -> OwnershipChanges {
+        std::mem::take(&mut lock(&self.progress).ownership_changes)
     }
 
     /// Per partition, the end of the log as of the last statistics.
@@ -269,9 +275,18 @@ impl RawTopic {
     }
 }
 
+/// How the partitions this processor owns changed since they were last asked for.
+#[derive(Debug, Default)]
+pub struct OwnershipChanges {
+    pub revoked: BTreeSet<i32>,
+    /// Partitions were assigned (a range source's are, once, at the start).
+    pub assigned: bool,
+}
+
 /// What the consume loop and the rebalance callback share.
 #[derive(Default)]
 struct Progress {
+    ownership_changes: OwnershipChanges,
     batch: Batch,
     /// Per partition, the offset after the last message written to ClickHouse and stored.
     stored: BTreeMap<i32, i64>,
@@ -371,6 +386,7 @@ impl ConsumerContext for SourceContext {
                 info!(?assigned, "partitions assigned");
                 let mut progress = lock(&self.progress);
                 progress.assigned.extend(assigned);
+                progress.ownership_changes.assigned = true;
                 self.set_assigned(&mut progress);
                 return;
             }
@@ -396,6 +412,7 @@ impl ConsumerContext for SourceContext {
         let released = {
             let mut progress = lock(&self.progress);
             for partition in &revoked {
+                progress.ownership_changes.revoked.insert(*partition);
                 progress.assigned.remove(partition);
                 progress.caught_up.remove(partition);
                 if let Some(offset) = progress.stored.remove(partition) {

@@ -15,6 +15,7 @@ use crate::alerts::AlertError;
 use crate::config::ProcessorConfig;
 use crate::pipeline::{Outputs, Pipeline};
 use crate::readiness::Readiness;
+use crate::session_state::SessionStates;
 use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::source::{RawTopic, Source, SourceError};
@@ -59,25 +60,30 @@ pub async fn prepare(config: &ProcessorConfig) -> Result<(Validator, ClickHouseS
     Ok((validator, sink))
 }
 
-/// The session-topic publisher, its topic created, when enabled.
+/// The session-topic publisher, its topic created, and the sessions held in memory, when
+/// enabled.
 pub async fn session_updates(
     config: &ProcessorConfig,
     sink: &ClickHouseSink,
-) -> Result<Option<SessionUpdates>, StartError> {
+) -> Result<Option<(SessionUpdates, SessionStates)>, StartError> {
     let settings = &config.session_updates;
     if !settings.enabled {
         return Ok(None);
     }
     eye_core::kafka::create_topics(&config.kafka, &[&settings.topic], settings.partitions).await?;
     let schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/session.avsc"))?;
-    Ok(Some(
-        SessionUpdates::new(settings, &config.kafka, sink, schema).map_err(|source| {
-            StartError::Producer {
-                topic: settings.topic.clone(),
-                source,
-            }
-        })?,
-    ))
+    let updates = SessionUpdates::new(settings, &config.kafka, sink, schema).map_err(|source| {
+        StartError::Producer {
+            topic: settings.topic.clone(),
+            source,
+        }
+    })?;
+    let states = SessionStates::new(
+        settings.max_sessions_in_memory,
+        settings.idle_seconds,
+        settings.known_sessions_capacity,
+    );
+    Ok(Some((updates, states)))
 }
 
 /// The pipeline over `source`, configured by `config`.

@@ -132,7 +132,8 @@ impl Sender {
                             key: eye_core::raw::APPLICATION_HEADER,
                             value: Some(application.as_bytes()),
                         });
-                    let key = event.event_id.to_string();
+                    // The raw topic's contract: a session's events in one partition.
+                    let key = event.session_id.to_string();
                     async move {
                         producer
                             .send(

@@ -23,11 +23,97 @@ struct ExpectedSession {
 }
 
 /// Sessions computed independently from a generated stream (late, out-of-order, duplicated and
-/// failed events) equal what `session_summary` derives.
+/// failed events) equal what `session_summary` derives, and the session topic's latest message
+/// of each is the session. Each message has a key of its own, so a session's events spread over
+/// the partitions: the sessions are read back from ClickHouse.
 #[tokio::test]
 async fn sessions_match_an_oracle_over_late_duplicated_and_failed_events() {
+    let published =
+        sessions_match_the_oracle(|_| {}, Keys::OnePerMessage, BetweenHalves::Nothing).await;
+    assert_eq!(published.from_memory, 0);
+}
+
+/// Keyed by session, as the bridge produces: the processor publishes the sessions it holds in
+/// memory, and they are the sessions.
+#[tokio::test]
+async fn sessions_held_in_memory_match_the_oracle() {
+    let published =
+        sessions_match_the_oracle(|_| {}, Keys::BySession, BetweenHalves::Nothing).await;
+    assert!(published.from_memory > 0);
+    assert_eq!(published.from_clickhouse, 0, "no session read back");
+}
+
+/// Sessions that left memory (a bound of 3) and move again are published as ClickHouse has them.
+#[tokio::test]
+async fn sessions_that_left_memory_are_published_as_clickhouse_has_them() {
+    let published = sessions_match_the_oracle(
+        |config| config.session_updates.max_sessions_in_memory = 3,
+        Keys::BySession,
+        BetweenHalves::Nothing,
+    )
+    .await;
+    assert!(published.from_memory > 0 && published.from_clickhouse > 0);
+}
+
+/// A restarted processor holds none of the sessions it wrote before; their late events must not
+/// start them afresh.
+#[tokio::test]
+async fn a_restarted_processor_does_not_start_sessions_it_wrote_before_afresh() {
+    let published =
+        sessions_match_the_oracle(|_| {}, Keys::BySession, BetweenHalves::Restart).await;
+    assert!(
+        published.from_clickhouse > 0,
+        "the late events' sessions are read back"
+    );
+}
+
+/// Partitions handed to a second processor: neither publishes a session from what it alone saw.
+#[tokio::test]
+async fn sessions_stay_whole_when_a_second_processor_takes_partitions() {
+    sessions_match_the_oracle(|_| {}, Keys::BySession, BetweenHalves::SecondProcessorJoins).await;
+}
+
+/// How many session updates a processor published, by where it took the session from.
+struct Published {
+    from_memory: u64,
+    from_clickhouse: u64,
+}
+
+const FROM_MEMORY: &str = "eye_processor_session_updates_total{from=\"memory\"}";
+const FROM_CLICKHOUSE: &str = "eye_processor_session_updates_total{from=\"clickhouse\"}";
+
+/// How the generated messages are keyed.
+enum Keys {
+    /// `key-<index>`: a session's events land in several partitions.
+    OnePerMessage,
+    /// The session id, as the raw topic's contract says.
+    BySession,
+}
+
+/// What happens to the processors between the two halves of the stream.
+enum BetweenHalves {
+    Nothing,
+    /// Stopped (once the first half is written) and a new one started.
+    Restart,
+    /// A second processor joins the group (once the first half is written).
+    SecondProcessorJoins,
+}
+
+async fn sessions_match_the_oracle(
+    adjust: impl FnOnce(&mut eye_processor::config::ProcessorConfig),
+    keys: Keys,
+    between: BetweenHalves,
+) -> Published {
     let setup = Setup::shared().await;
-    let processor = Processor::start(setup.config()).await;
+    let mut config = setup.config();
+    adjust(&mut config);
+    let mut processor = Processor::start(config.clone()).await;
+    // The counters are the test binary's, shared by every processor it runs (one at a time).
+    let before = (
+        counter_value(&processor, FROM_MEMORY).await,
+        counter_value(&processor, FROM_CLICKHOUSE).await,
+    );
+    let mut joined = None;
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move |bound: u64| {
         seed = seed
@@ -122,9 +208,40 @@ async fn sessions_match_an_oracle_over_late_duplicated_and_failed_events() {
     }
     // Half now, half later: the second half holds late events for sessions already stored.
     let (first_half, second_half) = messages.split_at(messages.len() / 2);
-    setup.produce(first_half).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    setup.produce(second_half).await;
+    let key_of = |index: usize, (payload, _): &RawMessage| match keys {
+        Keys::OnePerMessage => format!("key-{index}"),
+        Keys::BySession => serde_json::from_slice::<Value>(payload).unwrap()["session_id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    };
+    setup.produce_keyed(first_half, key_of).await;
+    // The second half only once the first is written: its late events meet stored sessions.
+    let written: std::collections::HashSet<&String> = first_half
+        .iter()
+        .flat_map(|(_, headers)| headers.iter())
+        .filter(|(name, _)| *name == "eye.event_id")
+        .map(|(_, id)| id)
+        .collect();
+    setup
+        .wait_for_count(
+            "SELECT uniqExact(event_id) FROM (SELECT event_id FROM {db}.events \
+             UNION ALL SELECT event_id FROM {db}.event_errors)",
+            written.len() as u64,
+            Duration::from_secs(60),
+        )
+        .await;
+    match between {
+        BetweenHalves::Nothing => {}
+        BetweenHalves::Restart => {
+            processor.stop().await;
+            processor = Processor::start(config.clone()).await;
+        }
+        BetweenHalves::SecondProcessorJoins => {
+            joined = Some(Processor::start(config.clone()).await);
+        }
+    }
+    setup.produce_keyed(second_half, key_of).await;
 
     let valid: usize = expected
         .values()
@@ -144,6 +261,16 @@ async fn sessions_match_an_oracle_over_late_duplicated_and_failed_events() {
     setup
         .wait_for_count(
             "SELECT count() FROM {db}.event_errors FINAL",
+            failed as u64,
+            Duration::from_secs(60),
+        )
+        .await;
+    // A row of `event_errors` is visible a moment before the materialized view's row of
+    // `session_errors` (the insert commits the table's part first).
+    setup
+        .wait_for_count(
+            "SELECT toUInt64(sum(errors)) FROM (SELECT uniqExactMerge(errors) AS errors \
+             FROM {db}.session_errors GROUP BY application, session_id)",
             failed as u64,
             Duration::from_secs(60),
         )
@@ -334,7 +461,15 @@ async fn sessions_match_an_oracle_over_late_duplicated_and_failed_events() {
             "{key}"
         );
     }
+    let published = Published {
+        from_memory: counter_value(&processor, FROM_MEMORY).await - before.0,
+        from_clickhouse: counter_value(&processor, FROM_CLICKHOUSE).await - before.1,
+    };
     processor.stop().await;
+    if let Some(joined) = joined {
+        joined.stop().await;
+    }
+    published
 }
 
 /// `ingest_watermarks` says, per partition, how far the data is written and how recent it is.

@@ -115,7 +115,18 @@ impl Setup {
         }
     }
 
+    /// Produces each message with a key of its own (`key-<index>`), as a producer that ignores
+    /// the raw topic's keying would.
     pub async fn produce(&self, messages: &[RawMessage]) {
+        self.produce_keyed(messages, |index, _| format!("key-{index}"))
+            .await
+    }
+
+    pub async fn produce_keyed(
+        &self,
+        messages: &[RawMessage],
+        key_of: impl Fn(usize, &RawMessage) -> String,
+    ) {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("linger.ms", "20")
@@ -124,7 +135,8 @@ impl Setup {
             .create()
             .unwrap();
         let mut deliveries = Vec::new();
-        for (index, (payload, headers)) in messages.iter().enumerate() {
+        for (index, message) in messages.iter().enumerate() {
+            let (payload, headers) = message;
             let mut owned = OwnedHeaders::new();
             for (key, value) in headers {
                 owned = owned.insert(Header {
@@ -132,7 +144,7 @@ impl Setup {
                     value: Some(value.as_bytes()),
                 });
             }
-            let key = format!("key-{index}");
+            let key = key_of(index, message);
             let record = FutureRecord::to(&self.topic)
                 .key(&key)
                 .payload(payload)

@@ -1,0 +1,297 @@
+//! One session as the processor holds it: the same aggregates as ClickHouse's `sessions` and
+//! `session_errors` (schemas/clickhouse/009–012), kept as sets so that a row applied twice (a
+//! redelivery, a client's retry) changes nothing and the order of rows does not matter.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use uuid::Uuid;
+
+use crate::rows::{ErrorRow, EventRow, SessionSummary};
+
+/// An event type, numbered by [`TypeNames`] so each event of a session costs a few bytes.
+pub type TypeId = u32;
+
+/// The (category, name) of every type seen, numbered.
+#[derive(Debug, Default)]
+pub struct TypeNames {
+    names: Vec<(String, String)>,
+    ids: std::collections::HashMap<(String, String), TypeId>,
+}
+
+impl TypeNames {
+    pub fn id(&mut self, category: &str, name: &str) -> TypeId {
+        if let Some(&id) = self.ids.get(&(category.to_string(), name.to_string())) {
+            return id;
+        }
+        let id = self.names.len() as TypeId;
+        self.names.push((category.to_string(), name.to_string()));
+        self.ids
+            .insert((category.to_string(), name.to_string()), id);
+        id
+    }
+
+    fn name(&self, id: TypeId) -> &(String, String) {
+        &self.names[id as usize]
+    }
+}
+
+/// A pageview's place in time, as ClickHouse's `argMinIf`/`argMaxIf` order it: event time, then
+/// event id (see [`clickhouse_uuid_order`]).
+type PageviewOrder = (u64, (u64, u64));
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionState {
+    /// The raw-topic partition its events come from.
+    pub partition: i32,
+    first_us: u64,
+    last_us: u64,
+    events: HashSet<Uuid>,
+    typed: HashSet<(TypeId, Uuid)>,
+    by_type: BTreeMap<TypeId, u64>,
+    entry: Option<(PageviewOrder, String)>,
+    exit: Option<(PageviewOrder, String)>,
+    /// Hashes of the distinct pageview paths (ClickHouse's `uniqExact` keeps hashes too).
+    pages: HashSet<u64>,
+    form_submitted: bool,
+    last_received_us: u64,
+    errors: HashSet<Uuid>,
+    error_last_received_us: u64,
+}
+
+impl SessionState {
+    pub fn new(partition: i32) -> Self {
+        Self {
+            partition,
+            ..Self::default()
+        }
+    }
+
+    pub fn apply_event(&mut self, row: &EventRow, type_id: TypeId) {
+        let at_us = micros(row.timestamp, row.timestamp_us);
+        if self.events.is_empty() {
+            (self.first_us, self.last_us) = (at_us, at_us);
+        } else {
+            self.first_us = self.first_us.min(at_us);
+            self.last_us = self.last_us.max(at_us);
+        }
+        self.events.insert(row.event_id);
+        if self.typed.insert((type_id, row.event_id)) {
+            *self.by_type.entry(type_id).or_default() += 1;
+        }
+        if row.category == "page interaction" && row.name == "pageview" {
+            let order = (at_us, clickhouse_uuid_order(row.event_id));
+            if self.entry.as_ref().is_none_or(|(first, _)| order < *first) {
+                self.entry = Some((order, row.path.clone()));
+            }
+            if self.exit.as_ref().is_none_or(|(last, _)| order > *last) {
+                self.exit = Some((order, row.path.clone()));
+            }
+            self.pages.insert(path_hash(&row.path));
+        }
+        self.form_submitted |= row.category == "form interaction" && row.name == "submit";
+        self.last_received_us = self
+            .last_received_us
+            .max(micros(row.received_at, row.received_at_us));
+    }
+
+    /// A failure naming this session.
+    pub fn apply_error(&mut self, row: &ErrorRow) {
+        self.errors.insert(row.event_id);
+        self.error_last_received_us = self
+            .error_last_received_us
+            .max(micros(row.received_at, row.received_at_us));
+    }
+
+    /// The latest `received_at` of any of its events: how recently the session moved.
+    pub fn last_received_us(&self) -> u64 {
+        self.last_received_us.max(self.error_last_received_us)
+    }
+
+    /// What the session topic says of it; None while it has no valid event (`session_summary`
+    /// lists no such session).
+    pub fn summary(
+        &self,
+        application: &str,
+        session_id: Uuid,
+        types: &TypeNames,
+    ) -> Option<SessionSummary> {
+        if self.events.is_empty() {
+            return None;
+        }
+        let path = |end: &Option<(PageviewOrder, String)>| {
+            end.as_ref()
+                .map(|(_, path)| path.clone())
+                .unwrap_or_default()
+        };
+        Some(SessionSummary {
+            application: application.to_string(),
+            session_id,
+            first_us: self.first_us,
+            last_us: self.last_us,
+            event_count: self.events.len() as u64,
+            by_type: self
+                .by_type
+                .iter()
+                .map(|(&id, &count)| {
+                    let (category, name) = types.name(id);
+                    (category.clone(), name.clone(), count)
+                })
+                .collect(),
+            entry_path: path(&self.entry),
+            exit_path: path(&self.exit),
+            distinct_pages: self.pages.len() as u64,
+            form_submitted: self.form_submitted,
+            last_received_us: self.last_received_us,
+            error_count: self.errors.len() as u64,
+            error_last_received_us: self.error_last_received_us,
+        })
+    }
+}
+
+fn micros(seconds: u32, micros: u32) -> u64 {
+    u64::from(seconds) * 1_000_000 + u64::from(micros)
+}
+
+fn path_hash(path: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    path.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A UUID in the order ClickHouse compares UUIDs: the last 8 bytes first, then the first 8, each
+/// as a big-endian number (checked on 18.16: `…-0000-000000000002` < `…-0001-0000-000000000000`
+/// is false).
+pub fn clickhouse_uuid_order(id: Uuid) -> (u64, u64) {
+    let (first, last) = id.as_u64_pair();
+    (last, first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(
+        id: u128,
+        category: &str,
+        name: &str,
+        at_s: u32,
+        path: &str,
+        received_s: u32,
+    ) -> EventRow {
+        EventRow {
+            event_id: Uuid::from_u128(id),
+            application: "shop".into(),
+            session_id: Uuid::from_u128(7),
+            category: category.into(),
+            name: name.into(),
+            timestamp: at_s,
+            timestamp_us: 0,
+            received_at: received_s,
+            received_at_us: 0,
+            host: "h".into(),
+            path: path.into(),
+            data: "{}".into(),
+            schema_version: 1,
+            kafka_partition: 0,
+            kafka_offset: id as u64,
+        }
+    }
+
+    fn apply(state: &mut SessionState, types: &mut TypeNames, row: &EventRow) {
+        let id = types.id(&row.category, &row.name);
+        state.apply_event(row, id);
+    }
+
+    #[test]
+    fn a_row_applied_twice_or_late_gives_the_same_session() {
+        let rows = [
+            event(1, "page interaction", "pageview", 100, "/", 500),
+            event(2, "page interaction", "cta click", 110, "/", 501),
+            event(3, "page interaction", "pageview", 120, "/pricing", 502),
+            event(4, "form interaction", "submit", 130, "/pricing", 503),
+        ];
+        let mut types = TypeNames::default();
+        let mut in_order = SessionState::new(0);
+        for row in &rows {
+            apply(&mut in_order, &mut types, row);
+        }
+        let mut shuffled = SessionState::new(0);
+        for index in [3, 1, 0, 2, 0, 3] {
+            apply(&mut shuffled, &mut types, &rows[index]);
+        }
+        let session = Uuid::from_u128(7);
+        let summary = in_order.summary("shop", session, &types).unwrap();
+        assert_eq!(
+            Some(&summary),
+            shuffled.summary("shop", session, &types).as_ref()
+        );
+        assert_eq!(
+            (summary.first_us, summary.last_us),
+            (100_000_000, 130_000_000)
+        );
+        assert_eq!(summary.event_count, 4);
+        assert_eq!(
+            summary.by_type,
+            [
+                ("page interaction".into(), "pageview".into(), 2),
+                ("page interaction".into(), "cta click".into(), 1),
+                ("form interaction".into(), "submit".into(), 1),
+            ]
+        );
+        assert_eq!(
+            (summary.entry_path.as_str(), summary.exit_path.as_str()),
+            ("/", "/pricing")
+        );
+        assert_eq!(summary.distinct_pages, 2);
+        assert!(summary.form_submitted);
+        assert_eq!(summary.last_received_us, 503_000_000);
+    }
+
+    #[test]
+    fn a_session_with_failures_only_has_no_summary_until_a_valid_event() {
+        let mut types = TypeNames::default();
+        let mut state = SessionState::new(0);
+        let mut failure =
+            ErrorRow::refused(event(9, "page interaction", "pageview", 1, "/", 600), "x");
+        state.apply_error(&failure);
+        failure.received_at = 700;
+        state.apply_error(&failure);
+        assert!(state.summary("shop", Uuid::from_u128(7), &types).is_none());
+        apply(
+            &mut state,
+            &mut types,
+            &event(1, "page interaction", "pageview", 100, "/", 500),
+        );
+        let summary = state.summary("shop", Uuid::from_u128(7), &types).unwrap();
+        assert_eq!(
+            (summary.error_count, summary.error_last_received_us),
+            (1, 700_000_000)
+        );
+        assert_eq!(state.last_received_us(), 700_000_000);
+    }
+
+    #[test]
+    fn pageviews_at_the_same_time_are_ordered_by_event_id_as_clickhouse_orders_them() {
+        let mut types = TypeNames::default();
+        let mut state = SessionState::new(0);
+        // First in ClickHouse's order although greater as a number: its last 8 bytes are lower.
+        let low = 0x0000_0000_0000_0002_0000_0000_0000_0000;
+        let high = 0x0000_0000_0000_0001_ffff_ffff_ffff_ffff;
+        apply(
+            &mut state,
+            &mut types,
+            &event(high, "page interaction", "pageview", 100, "/high", 1),
+        );
+        apply(
+            &mut state,
+            &mut types,
+            &event(low, "page interaction", "pageview", 100, "/low", 1),
+        );
+        let summary = state.summary("shop", Uuid::from_u128(7), &types).unwrap();
+        assert_eq!(
+            (summary.entry_path.as_str(), summary.exit_path.as_str()),
+            ("/low", "/high")
+        );
+    }
+}
