@@ -95,9 +95,26 @@ impl Broker {
     }
 
     /// Creates each topic with `partitions` partitions; one that already exists is left as is.
+    /// Creates the topics that do not exist yet. Tried a few times: a sqlite broker that has
+    /// just started on an existing log can answer "database is locked" (an unknown error) while
+    /// it opens it.
     pub fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
+        const ATTEMPTS: usize = 5;
         let kafka = eye_core::settings::KafkaSettings::for_brokers(self.bootstrap());
-        let created = eye_core::kafka::create_topics(&kafka, topics, partitions);
-        Ok(futures::executor::block_on(created)?)
+        let mut attempt = 1;
+        loop {
+            let created = eye_core::kafka::create_topics(&kafka, topics, partitions);
+            match futures::executor::block_on(created) {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < ATTEMPTS => {
+                    eprintln!(
+                        "creating topics {topics:?} (attempt {attempt} of {ATTEMPTS}): {error}"
+                    );
+                    std::thread::sleep(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 }

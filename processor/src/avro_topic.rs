@@ -9,7 +9,8 @@ use eye_core::kafka::refused_for_good;
 use eye_core::schemas::TopicSchema;
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::future_producer::DeliveryFuture;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 /// How long a message may wait for room in the producer's queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,6 +93,20 @@ impl AvroTopic {
             (key, outcome)
         }))
         .await
+    }
+
+    /// Hands one message to the producer now, without waiting; the future resolves with its
+    /// acknowledgement.
+    pub fn enqueue(&self, key: &str, record: Avro) -> Result<DeliveryFuture, PublishError> {
+        let payload = self.encode(record)?;
+        self.producer
+            .send_result(FutureRecord::to(&self.name).key(key).payload(&payload))
+            .map_err(|(error, _)| error.into())
+    }
+
+    /// Waits until every message handed over is acknowledged or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
     }
 
     fn encode(&self, record: Avro) -> Result<Vec<u8>, PublishError> {

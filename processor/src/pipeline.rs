@@ -8,12 +8,15 @@
 //! becomes a `sink_rejected` failure, so no row can stop a partition. Anything else is retried
 //! with backoff (readiness false meanwhile).
 //!
-//! A batch's session updates are published from the sessions held in memory
-//! ([`session_state`](crate::session_state)) before the next message is read: so a rebalance,
-//! which happens only while reading, finds every update of this processor acknowledged, and the
-//! partitions' next owner publishes after it, never before. A batch written but not published
-//! when the processor stops is read again (the same rows, collapsed by the tables).
+//! A batch's session updates, from the sessions held in memory
+//! ([`session_state`](crate::session_state)), are handed to the producer before the next message
+//! is read, and acknowledged while the next batch is read; its offsets are stored once they are.
+//! A rebalance (which happens only while reading) first waits for the producer's
+//! acknowledgements, so the partitions' next owner publishes after this processor, never before.
+//! A batch written but not yet published when its partitions are revoked is read again by the
+//! new owner (the same rows, collapsed by the tables).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use metrics::{counter, histogram};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
@@ -32,8 +36,8 @@ use crate::batch::Batch;
 use crate::dead_letter::DeadLetterSink;
 use crate::readiness::Readiness;
 use crate::rows::{ErrorRow, FailedMessage, WatermarkRow};
-use crate::session_state::{SessionChanges, SessionStates};
-use crate::session_updates::SessionUpdates;
+use crate::session_state::SessionStates;
+use crate::session_updates::{InFlight, SessionUpdates};
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::source::{RawTopic, WrittenOffsets};
 use crate::validate::{Envelope, Transport, Validator};
@@ -42,6 +46,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often caught-up partitions are reported to `ingest_watermarks` while no batch is written,
 /// so an idle partition does not hold back how far the data is known to be complete.
 const IDLE_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a rebalance waits for the session updates handed to the producer.
+const RELEASE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A written batch whose session updates are being acknowledged; its offsets wait for them.
+struct Publishing {
+    task: JoinHandle<()>,
+    next_offsets: BTreeMap<i32, i64>,
+}
 
 /// When a batch is written to ClickHouse: at `max_events`, or `max_wait_ms` after its first
 /// event, whichever comes first.
@@ -75,8 +88,9 @@ pub struct Pipeline {
     validator: Validator,
     sink: ClickHouseSink,
     dead_letters: Option<DeadLetterSink>,
-    session_updates: Option<SessionUpdates>,
+    session_updates: Option<Arc<SessionUpdates>>,
     session_states: Option<SessionStates>,
+    publishing: Option<Publishing>,
     batch: BatchSettings,
     /// The raw topic, as `watermark_updates` names it.
     topic: String,
@@ -94,6 +108,13 @@ impl Pipeline {
         readiness: Arc<Readiness>,
     ) -> Self {
         let (session_updates, session_states) = outputs.session_updates.unzip();
+        let session_updates = session_updates.map(Arc::new);
+        if let Some(session_updates) = &session_updates {
+            let session_updates = session_updates.clone();
+            source.before_release(Box::new(move || {
+                session_updates.flush(RELEASE_FLUSH_TIMEOUT)
+            }));
+        }
         Self {
             topic: source.topic().to_string(),
             default_application: source.default_application().to_string(),
@@ -103,6 +124,7 @@ impl Pipeline {
             dead_letters: outputs.dead_letters,
             session_updates,
             session_states,
+            publishing: None,
             batch,
             readiness,
         }
@@ -138,6 +160,11 @@ impl Pipeline {
                         break;
                     }
                 }
+                outcome = published(&mut self.publishing), if self.publishing.is_some() => {
+                    if let Some(publishing) = self.publishing.take() {
+                        self.complete_publishing(publishing.next_offsets, outcome);
+                    }
+                }
                 _ = idle_reports.tick(), if deadline.is_none() && follows_group => self.report_idle().await,
                 message = self.source.recv() => match message {
                     Ok(message) => {
@@ -157,6 +184,13 @@ impl Pipeline {
             // One more attempt, bounded: what is not written now is redelivered after restart.
             self.write(tokio::time::sleep(Duration::from_secs(10)))
                 .await;
+        }
+        // Bounded too: unpublished sessions are published again after the batch is redelivered.
+        if tokio::time::timeout(Duration::from_secs(10), self.finish_publishing())
+            .await
+            .is_err()
+        {
+            warn!("session updates not published at shutdown; their batch will be read again");
         }
         if !follows_group {
             self.report_range_end().await;
@@ -260,16 +294,46 @@ impl Pipeline {
             next_offsets = ?batch.next_offsets,
             "batch written"
         );
-        if let (Some(session_updates), Some(states)) =
-            (&self.session_updates, &mut self.session_states)
-        {
-            let changes = states.apply(batch);
-            if !publish_until_done(session_updates, &changes, &self.readiness, &mut stop).await {
-                return false;
+        self.finish_publishing().await;
+        match (&self.session_updates, &mut self.session_states) {
+            (Some(session_updates), Some(states)) => {
+                let changes = states.apply(batch);
+                // Handed over now, before the next message is read (see the module's comment).
+                let in_flight = session_updates.enqueue(changes.summaries);
+                self.publishing = Some(Publishing {
+                    task: tokio::spawn(publish_until_done(
+                        session_updates.clone(),
+                        in_flight,
+                        changes.read_back,
+                        self.readiness.clone(),
+                    )),
+                    next_offsets: batch.next_offsets.clone(),
+                });
+            }
+            _ => self.source.store_offsets(&batch.next_offsets),
+        }
+        true
+    }
+
+    /// Waits for the previous batch's session updates, then stores its offsets.
+    async fn finish_publishing(&mut self) {
+        if let Some(publishing) = self.publishing.take() {
+            let outcome = publishing.task.await;
+            self.complete_publishing(publishing.next_offsets, outcome);
+        }
+    }
+
+    fn complete_publishing(
+        &self,
+        next_offsets: BTreeMap<i32, i64>,
+        outcome: Result<(), JoinError>,
+    ) {
+        match outcome {
+            Ok(()) => self.source.store_offsets(&next_offsets),
+            Err(error) => {
+                error!(%error, "publishing session updates failed; their batch will be read again after a restart")
             }
         }
-        self.source.store_offsets(&batch.next_offsets);
-        true
     }
 
     /// Before a batch is written: what the sessions held in memory need from ClickHouse after a
@@ -369,32 +433,34 @@ impl Pipeline {
     }
 }
 
-/// Publishes the sessions, retrying with backoff until they are out; false when `stop` resolved
-/// first (the batch is then read again after a restart).
+/// Waits for the enqueued session updates, then publishes what is left (updates to send again,
+/// sessions read back from ClickHouse), retrying with backoff until they are out.
 async fn publish_until_done(
-    session_updates: &SessionUpdates,
-    sessions: &SessionChanges,
-    readiness: &Readiness,
-    mut stop: impl Future<Output = ()> + Unpin,
-) -> bool {
+    session_updates: Arc<SessionUpdates>,
+    mut in_flight: InFlight,
+    read_back: BTreeSet<(String, Uuid)>,
+    readiness: Arc<Readiness>,
+) {
     let started = Instant::now();
     let mut backoff = Duration::from_secs(1);
-    while let Err(error) = session_updates
-        .publish(&sessions.summaries, &sessions.read_back)
-        .await
-    {
+    session_updates.complete(&mut in_flight).await;
+    while let Err(error) = session_updates.publish(&in_flight.retry, &read_back).await {
         readiness.set_outputs_healthy(false);
         counter!("eye_processor_sink_retries_total").increment(1);
         warn!(%error, retry_in = ?backoff, "publishing session updates failed");
-        tokio::select! {
-            _ = &mut stop => return false,
-            _ = tokio::time::sleep(backoff) => {}
-        }
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     readiness.set_outputs_healthy(true);
     histogram!("eye_processor_session_updates_seconds").record(started.elapsed().as_secs_f64());
-    true
+}
+
+/// The publishing task's outcome once it is done (never when there is none).
+async fn published(publishing: &mut Option<Publishing>) -> Result<(), JoinError> {
+    match publishing {
+        Some(publishing) => (&mut publishing.task).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn now_seconds() -> u32 {

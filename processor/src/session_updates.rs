@@ -15,8 +15,9 @@ use eye_core::schemas::TopicSchema;
 use eye_core::settings::KafkaSettings;
 use metrics::counter;
 use rdkafka::error::KafkaError;
+use rdkafka::producer::future_producer::DeliveryFuture;
 use serde::{Deserialize, Serialize};
-use tracing::error;
+use tracing::{error, warn};
 use uuid::Uuid;
 
 use crate::avro_topic::{AvroTopic, PublishError};
@@ -87,6 +88,19 @@ struct SessionRow {
     error_last_received: u64,
 }
 
+/// Session updates handed to the producer and not yet acknowledged, and those to send again.
+pub struct InFlight {
+    messages: Vec<(SessionSummary, Result<DeliveryFuture, PublishError>)>,
+    pub retry: Vec<SessionSummary>,
+}
+
+/// Never retried: the same session would fail the same way. `record` bounds the sizes, so this is
+/// a defect to report.
+fn refused(summary: &SessionSummary, error: &PublishError) {
+    counter!("eye_processor_session_updates_refused_total").increment(1);
+    error!(application = %summary.application, session = %summary.session_id, %error, "a session update is not published; the session is in ClickHouse only");
+}
+
 impl SessionRow {
     fn into_summary(self) -> SessionSummary {
         SessionSummary {
@@ -131,6 +145,56 @@ impl SessionUpdates {
         })
     }
 
+    /// Hands the messages of `summaries` to the producer now, before the next message of the raw
+    /// topic is read; [`SessionUpdates::complete`] waits for them.
+    pub fn enqueue(&self, summaries: Vec<SessionSummary>) -> InFlight {
+        let messages = summaries
+            .into_iter()
+            .map(|summary| {
+                let key = format!("{}/{}", summary.application, summary.session_id);
+                let delivery = self.topic.enqueue(&key, record(&summary));
+                (summary, delivery)
+            })
+            .collect();
+        InFlight {
+            messages,
+            retry: Vec::new(),
+        }
+    }
+
+    /// Waits for the enqueued messages; those not acknowledged for a reason that may pass are
+    /// left in `in_flight` for [`SessionUpdates::publish`].
+    pub async fn complete(&self, in_flight: &mut InFlight) {
+        let mut retry = Vec::new();
+        for (summary, delivery) in in_flight.messages.drain(..) {
+            let outcome = match delivery {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(PublishError::from(error)),
+                    Err(_) => Err(PublishError::Unacknowledged(KafkaError::Canceled)),
+                },
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(()) => {
+                    counter!("eye_processor_session_updates_total", "from" => "memory")
+                        .increment(1);
+                }
+                Err(error) if error.is_permanent() => refused(&summary, &error),
+                Err(_) => retry.push(summary),
+            }
+        }
+        in_flight.retry = retry;
+    }
+
+    /// Waits until every message handed to the producer is acknowledged or `timeout` passes: a
+    /// processor giving up partitions lets their next owner publish only after it.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.topic.flush(timeout) {
+            warn!(%error, "session updates not acknowledged before partitions were given up");
+        }
+    }
+
     /// Publishes each session, as `summaries` say and as ClickHouse holds those of `read_back`
     /// (sessions the processor does not hold in memory), and waits for the broker's
     /// acknowledgements.
@@ -170,8 +234,6 @@ impl SessionUpdates {
         for (key, outcome) in self.topic.publish_all(messages).await {
             match outcome {
                 Ok(()) => {}
-                // Never retried: the same session would fail the same way. `record` bounds
-                // the sizes, so this is a defect to report.
                 Err(error) if error.is_permanent() => {
                     counter!("eye_processor_session_updates_refused_total").increment(1);
                     error!(session = %key, %error, "a session update is not published; the session is in ClickHouse only");

@@ -122,6 +122,7 @@ impl RawTopic {
         let consumer: StreamConsumer<SourceContext> =
             client.create_with_context(SourceContext {
                 topic: settings.topic.clone(),
+                before_release: std::sync::OnceLock::new(),
                 progress: progress.clone(),
                 owns_first_partition: owns_first_partition.clone(),
                 readiness,
@@ -180,6 +181,12 @@ impl RawTopic {
     /// The batch read so far, leaving an empty one to read into.
     pub fn take_batch(&self) -> Batch {
         std::mem::take(&mut lock(&self.progress).batch)
+    }
+
+    /// Runs `hook` inside each rebalance, before revoked partitions are let go (once set, it
+    /// stays).
+    pub fn before_release(&self, hook: BeforeRelease) {
+        let _ = self.consumer.context().before_release.set(hook);
     }
 
     /// How ownership changed since the last call. Changes happen only inside [`RawTopic::recv`].
@@ -298,9 +305,13 @@ struct Progress {
     caught_up: BTreeMap<i32, i64>,
 }
 
+/// Called before revoked partitions are let go: waits for what is in flight to them.
+pub type BeforeRelease = Box<dyn Fn() + Send + Sync>;
+
 /// The consumer's context: reports lag and readiness, and lets go of revoked partitions.
 pub struct SourceContext {
     topic: String,
+    before_release: std::sync::OnceLock<BeforeRelease>,
     progress: Arc<Mutex<Progress>>,
     /// Whether this processor owns partition 0, and so judges the alert rules.
     owns_first_partition: Arc<AtomicBool>,
@@ -400,6 +411,9 @@ impl ConsumerContext for SourceContext {
             .iter()
             .map(|element| element.partition())
             .collect();
+        if let Some(before_release) = self.before_release.get() {
+            before_release();
+        }
         if consumer.assignment_lost() {
             // Taken away without a rebalance: no answer from the group for a session time-out.
             counter!("eye_processor_partitions_lost_total").increment(revoked.len() as u64);

@@ -17,10 +17,11 @@
 mod known;
 mod state;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use clickhouse::Client;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use metrics::gauge;
 use tracing::warn;
 use uuid::Uuid;

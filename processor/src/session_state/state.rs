@@ -2,9 +2,10 @@
 //! `session_errors` (schemas/clickhouse/009–012), kept as sets so that a row applied twice (a
 //! redelivery, a client's retry) changes nothing and the order of rows does not matter.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use foldhash::HashSet;
 use uuid::Uuid;
 
 use crate::rows::{ErrorRow, EventRow, SessionSummary};
@@ -12,23 +13,24 @@ use crate::rows::{ErrorRow, EventRow, SessionSummary};
 /// An event type, numbered by [`TypeNames`] so each event of a session costs a few bytes.
 pub type TypeId = u32;
 
-/// The (category, name) of every type seen, numbered.
+/// The (category, name) of every type seen, numbered. A handful of types: a scan finds one
+/// without allocating.
 #[derive(Debug, Default)]
 pub struct TypeNames {
     names: Vec<(String, String)>,
-    ids: std::collections::HashMap<(String, String), TypeId>,
 }
 
 impl TypeNames {
     pub fn id(&mut self, category: &str, name: &str) -> TypeId {
-        if let Some(&id) = self.ids.get(&(category.to_string(), name.to_string())) {
-            return id;
+        match self.names.iter().position(|(known_category, known_name)| {
+            known_category == category && known_name == name
+        }) {
+            Some(index) => index as TypeId,
+            None => {
+                self.names.push((category.to_string(), name.to_string()));
+                (self.names.len() - 1) as TypeId
+            }
         }
-        let id = self.names.len() as TypeId;
-        self.names.push((category.to_string(), name.to_string()));
-        self.ids
-            .insert((category.to_string(), name.to_string()), id);
-        id
     }
 
     fn name(&self, id: TypeId) -> &(String, String) {
