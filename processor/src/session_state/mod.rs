@@ -15,6 +15,7 @@
 //! writes events this processor will not see.
 
 mod known;
+mod sets;
 mod state;
 
 use std::collections::BTreeSet;
@@ -216,15 +217,24 @@ impl SessionStates {
         let keep = self.max_sessions - self.max_sessions / 10;
         let mut written_in: Vec<u64> = self.held.values().map(|held| held.written_in).collect();
         let cut = self.held.len() - keep;
-        let (_, &mut oldest_kept, _) = written_in.select_nth_unstable(cut);
-        let mut to_leave = cut;
+        // The newest batch to leave: every session written before it leaves, and of those written
+        // in it as many as the cut still needs.
+        let (_, &mut last_leaving, _) = written_in.select_nth_unstable(cut - 1);
+        let before = written_in
+            .iter()
+            .filter(|&&batch| batch < last_leaving)
+            .count();
+        let mut ties_leaving = cut - before;
         self.held.retain(|session_id, held| {
-            if to_leave > 0 && held.written_in <= oldest_kept {
-                to_leave -= 1;
-                known.learn(&held.application, *session_id);
-                return false;
+            let leaves = held.written_in < last_leaving
+                || (held.written_in == last_leaving && ties_leaving > 0);
+            if held.written_in == last_leaving && leaves {
+                ties_leaving -= 1;
             }
-            true
+            if leaves {
+                known.learn(&held.application, *session_id);
+            }
+            !leaves
         });
     }
 }

@@ -2,12 +2,11 @@
 //! `session_errors` (schemas/clickhouse/009–012), kept as sets so that a row applied twice (a
 //! redelivery, a client's retry) changes nothing and the order of rows does not matter.
 
-use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use foldhash::HashSet;
 use uuid::Uuid;
 
+use super::sets::{CompactSet, TypedEvents};
 use crate::rows::{ErrorRow, EventRow, SessionSummary};
 
 /// An event type, numbered by [`TypeNames`] so each event of a session costs a few bytes.
@@ -48,16 +47,16 @@ pub struct SessionState {
     pub partition: i32,
     first_us: u64,
     last_us: u64,
-    events: HashSet<Uuid>,
-    typed: HashSet<(TypeId, Uuid)>,
-    by_type: BTreeMap<TypeId, u64>,
+    events: TypedEvents,
+    /// Distinct events per type.
+    by_type: Vec<(TypeId, u64)>,
     entry: Option<(PageviewOrder, String)>,
     exit: Option<(PageviewOrder, String)>,
     /// Hashes of the distinct pageview paths (ClickHouse's `uniqExact` keeps hashes too).
-    pages: HashSet<u64>,
+    pages: CompactSet<u64>,
     form_submitted: bool,
     last_received_us: u64,
-    errors: HashSet<Uuid>,
+    errors: CompactSet<Uuid>,
     error_last_received_us: u64,
 }
 
@@ -77,9 +76,11 @@ impl SessionState {
             self.first_us = self.first_us.min(at_us);
             self.last_us = self.last_us.max(at_us);
         }
-        self.events.insert(row.event_id);
-        if self.typed.insert((type_id, row.event_id)) {
-            *self.by_type.entry(type_id).or_default() += 1;
+        if self.events.insert(row.event_id, type_id) {
+            match self.by_type.iter_mut().find(|(id, _)| *id == type_id) {
+                Some((_, count)) => *count += 1,
+                None => self.by_type.push((type_id, 1)),
+            }
         }
         if row.category == "page interaction" && row.name == "pageview" {
             let order = (at_us, clickhouse_uuid_order(row.event_id));
@@ -131,11 +132,10 @@ impl SessionState {
             session_id,
             first_us: self.first_us,
             last_us: self.last_us,
-            event_count: self.events.len() as u64,
-            by_type: self
-                .by_type
-                .iter()
-                .map(|(&id, &count)| {
+            event_count: self.events.distinct_ids(),
+            by_type: by_type_id(&self.by_type)
+                .into_iter()
+                .map(|(id, count)| {
                     let (category, name) = types.name(id);
                     (category.clone(), name.clone(), count)
                 })
@@ -149,6 +149,13 @@ impl SessionState {
             error_last_received_us: self.error_last_received_us,
         })
     }
+}
+
+/// The counts in type order, so a summary does not depend on the order events came in.
+fn by_type_id(counts: &[(TypeId, u64)]) -> Vec<(TypeId, u64)> {
+    let mut counts = counts.to_vec();
+    counts.sort_unstable();
+    counts
 }
 
 fn micros(seconds: u32, micros: u32) -> u64 {
