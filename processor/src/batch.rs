@@ -56,6 +56,22 @@ impl Batch {
             .retain(|failed| !partitions.contains(&failed.row.kafka_partition));
         self.next_offsets
             .retain(|partition, _| !partitions.contains(partition));
+        if !self.sessions_not_keyed.is_empty() {
+            // A session left only in released rows is the next owner's to publish.
+            let left: BTreeSet<(&str, Uuid)> = self
+                .events
+                .iter()
+                .map(|row| (row.application.as_str(), row.session_id))
+                .chain(
+                    self.errors
+                        .iter()
+                        .map(|failed| (failed.row.application.as_str(), failed.row.session_id)),
+                )
+                .collect();
+            self.sessions_not_keyed.retain(|(application, session_id)| {
+                left.contains(&(application.as_str(), *session_id))
+            });
+        }
         if self.len() == 0 {
             self.opened = None;
         }
@@ -190,6 +206,21 @@ mod tests {
         assert!(rows
             .iter()
             .all(|row| row.topic == "raw" && row.updated_at == 99));
+    }
+
+    #[test]
+    fn releasing_partitions_drops_the_sessions_not_keyed_that_only_they_held() {
+        let mut batch = batch();
+        batch.sessions_not_keyed = BTreeSet::from([
+            ("shop".to_string(), Uuid::from_u128(1)),
+            ("shop".to_string(), Uuid::from_u128(2)),
+        ]);
+        batch.release(&[1]);
+        assert_eq!(
+            batch.sessions_not_keyed,
+            BTreeSet::from([("shop".to_string(), Uuid::from_u128(1))]),
+            "session 2 was only in partition 1"
+        );
     }
 
     #[test]
