@@ -94,6 +94,11 @@ pub struct InFlight {
     pub retry: Vec<SessionSummary>,
 }
 
+/// A session's key on the topic: `application/session_id`.
+fn key_of(summary: &SessionSummary) -> String {
+    format!("{}/{}", summary.application, summary.session_id)
+}
+
 /// Never retried: the same session would fail the same way. `record` bounds the sizes, so this is
 /// a defect to report.
 fn refused(summary: &SessionSummary, error: &PublishError) {
@@ -151,8 +156,7 @@ impl SessionUpdates {
         let messages = summaries
             .into_iter()
             .map(|summary| {
-                let key = format!("{}/{}", summary.application, summary.session_id);
-                let delivery = self.topic.enqueue(&key, record(&summary));
+                let delivery = self.topic.enqueue(&key_of(&summary), record(&summary));
                 (summary, delivery)
             })
             .collect();
@@ -224,20 +228,13 @@ impl SessionUpdates {
     ) -> Result<(), SessionUpdateError> {
         let messages = summaries
             .iter()
-            .map(|summary| {
-                (
-                    format!("{}/{}", summary.application, summary.session_id),
-                    record(summary),
-                )
-            })
+            .map(|summary| (key_of(summary), record(summary)))
             .collect();
-        for (key, outcome) in self.topic.publish_all(messages).await {
+        let outcomes = self.topic.publish_all(messages).await;
+        for (summary, (_, outcome)) in summaries.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {}
-                Err(error) if error.is_permanent() => {
-                    counter!("eye_processor_session_updates_refused_total").increment(1);
-                    error!(session = %key, %error, "a session update is not published; the session is in ClickHouse only");
-                }
+                Err(error) if error.is_permanent() => refused(summary, &error),
                 Err(error) => return Err(error.into()),
             }
         }

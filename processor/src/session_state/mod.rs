@@ -19,6 +19,7 @@ mod sets;
 mod state;
 
 use std::collections::BTreeSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use clickhouse::Client;
@@ -32,6 +33,14 @@ use crate::rows::SessionSummary;
 use crate::source::OwnershipChanges;
 use known::KnownSessions;
 use state::{SessionState, TypeNames};
+
+/// A 64-bit hash of `value`, the same in every run (SipHash with fixed keys): pages and session
+/// keys are kept as hashes.
+fn stable_hash(value: &impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// How a session held in memory stands.
 struct Held {

@@ -2,11 +2,10 @@
 //! `session_errors` (schemas/clickhouse/009–012), kept as sets so that a row applied twice (a
 //! redelivery, a client's retry) changes nothing and the order of rows does not matter.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-
 use uuid::Uuid;
 
 use super::sets::{CompactSet, TypedEvents};
+use super::stable_hash;
 use crate::rows::{ErrorRow, EventRow, SessionSummary};
 
 /// An event type, numbered by [`TypeNames`] so each event of a session costs a few bytes.
@@ -90,7 +89,7 @@ impl SessionState {
             if self.exit.as_ref().is_none_or(|(last, _)| order > *last) {
                 self.exit = Some((order, row.path.clone()));
             }
-            self.pages.insert(path_hash(&row.path));
+            self.pages.insert(stable_hash(&row.path));
         }
         self.form_submitted |= row.category == "form interaction" && row.name == "submit";
         self.last_received_us = self
@@ -160,12 +159,6 @@ fn by_type_id(counts: &[(TypeId, u64)]) -> Vec<(TypeId, u64)> {
 
 fn micros(seconds: u32, micros: u32) -> u64 {
     u64::from(seconds) * 1_000_000 + u64::from(micros)
-}
-
-fn path_hash(path: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    path.hash(&mut hasher);
-    hasher.finish()
 }
 
 /// A UUID in the order ClickHouse compares UUIDs: the last 8 bytes first, then the first 8, each
