@@ -65,10 +65,6 @@ impl AvroTopic {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Publishes one message and waits for the broker's acknowledgement.
     pub async fn publish(&self, key: &str, record: Avro) -> Result<(), PublishError> {
         let payload = self.encode(record)?;
