@@ -99,6 +99,17 @@ impl AvroEvent {
     }
 }
 
+impl AvroEvent {
+    /// A top-level `data` field's text, when it is a string.
+    pub(super) fn text(&self, key: &str) -> String {
+        self.data
+            .get(key)
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
 pub(super) fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -22,22 +22,23 @@
 
 mod avro;
 mod envelope;
+mod json;
+mod shape;
 
 use chrono::{DateTime, Utc};
-use eye_core::convert::{json_kind, json_to_avro};
 use eye_core::raw::Stamp;
 use eye_core::schemas::{SchemaRegistry, SINGLE_OBJECT_MARKER};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
-use eye_core::timestamp::{parse_event_time, split_seconds};
+use eye_core::timestamp::split_seconds;
 
 pub use crate::failure::{ErrorType, Failure};
 use crate::rows::{ErrorRow, EventRow};
 pub use envelope::{Envelope, Transport, MAX_APPLICATION_BYTES};
 
 use avro::{hex_string, AvroEvent};
+use json::JsonValidator;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,8 +64,11 @@ pub struct ValidEvent {
     pub category: String,
     pub name: String,
     pub timestamp: DateTime<Utc>,
-    /// The validated payload.
-    pub data: Map<String, Json>,
+    /// The validated payload as compact JSON, keys in byte order (the `events.data` column).
+    pub data: String,
+    /// `data.host` and `data.path` when they are strings, else empty (columns of their own).
+    pub host: String,
+    pub path: String,
     pub schema_version: u32,
 }
 
@@ -74,14 +78,6 @@ impl ValidEvent {
         let valid = self;
         let (timestamp, timestamp_us) = split_seconds(valid.timestamp);
         let (received_at, received_at_us) = split_seconds(valid.stamp.received_at);
-        let text = |key: &str| {
-            valid
-                .data
-                .get(key)
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
         EventRow {
             event_id: valid.stamp.event_id,
             application: valid.stamp.application,
@@ -92,9 +88,9 @@ impl ValidEvent {
             timestamp_us,
             received_at,
             received_at_us,
-            host: text("host"),
-            path: text("path"),
-            data: Json::Object(valid.data).to_string(),
+            host: valid.host,
+            path: valid.path,
+            data: valid.data,
             schema_version: valid.schema_version as u16,
             kafka_partition: partition,
             // Kafka offsets are never negative.
@@ -140,18 +136,11 @@ impl FailedEvent {
 }
 
 pub struct Validator {
+    /// For Avro messages, found by their schema's fingerprint.
     registry: SchemaRegistry,
+    json: JsonValidator,
     future_tolerance: chrono::Duration,
 }
-
-const ENVELOPE_KEYS: [&str; 6] = [
-    "event_id",
-    "session_id",
-    "category",
-    "name",
-    "timestamp",
-    "data",
-];
 
 /// The longest string, bytes, array or map an Avro datum may declare (in bytes or items). A raw
 /// message is at most the broker's message size (1 MB by default), so no honest length is
@@ -164,6 +153,7 @@ impl Validator {
         // Process-wide and set once: every Avro decoding in the processor reads raw messages.
         let _ = apache_avro::util::max_allocation_bytes(MAX_AVRO_LENGTH);
         Self {
+            json: JsonValidator::new(&registry, future_tolerance),
             registry,
             future_tolerance,
         }
@@ -187,188 +177,8 @@ impl Validator {
         if bytes.starts_with(&SINGLE_OBJECT_MARKER) {
             self.validate_avro(bytes, envelope)
         } else {
-            self.validate_json(bytes, envelope)
+            self.json.validate(bytes, envelope)
         }
-    }
-
-    fn validate_json(&self, bytes: &[u8], envelope: &Envelope) -> Result<ValidEvent, FailedEvent> {
-        let header_or_derived = Stamp {
-            event_id: envelope.event_id.unwrap_or(envelope.derived_event_id),
-            received_at: envelope.received_at,
-            application: envelope.application.clone(),
-        };
-        let fail = |stamp: Stamp, object: Option<&Map<String, Json>>, failure: Failure| {
-            let text = |key: &str| {
-                object
-                    .and_then(|object| object.get(key))
-                    .and_then(Json::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            FailedEvent {
-                session_id: Uuid::parse_str(&text("session_id")).ok(),
-                category: text("category"),
-                name: text("name"),
-                stamp,
-                failure,
-            }
-        };
-        let object = match serde_json::from_slice::<Json>(bytes) {
-            Ok(Json::Object(object)) => object,
-            Ok(other) => {
-                let failure = Failure::new(
-                    ErrorType::MalformedJson,
-                    "",
-                    format!("the message is a JSON {}, not an object", json_kind(&other)),
-                );
-                return Err(fail(header_or_derived, None, failure));
-            }
-            Err(err) => {
-                let failure =
-                    Failure::new(ErrorType::MalformedJson, "", format!("not JSON: {err}"));
-                return Err(fail(header_or_derived, None, failure));
-            }
-        };
-
-        let mut stamp = header_or_derived;
-        let body_event_id = match object.get("event_id") {
-            None | Some(Json::Null) => None,
-            Some(Json::String(text)) => match Uuid::parse_str(text) {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    let failure = Failure::new(
-                        ErrorType::InvalidType,
-                        "event_id",
-                        "event_id must be a UUID",
-                    );
-                    return Err(fail(stamp, Some(&object), failure));
-                }
-            },
-            Some(other) => {
-                let failure = Failure::new(
-                    ErrorType::InvalidType,
-                    "event_id",
-                    format!("event_id must be a UUID string, got a {}", json_kind(other)),
-                );
-                return Err(fail(stamp, Some(&object), failure));
-            }
-        };
-        if envelope.event_id.is_none() {
-            if let Some(id) = body_event_id {
-                stamp.event_id = id;
-            }
-        }
-
-        match self.check_json(&object, &stamp) {
-            Ok(valid) => Ok(valid),
-            Err(failure) => Err(fail(stamp, Some(&object), failure)),
-        }
-    }
-
-    fn check_json(&self, object: &Map<String, Json>, stamp: &Stamp) -> Result<ValidEvent, Failure> {
-        for key in ["session_id", "category", "name", "timestamp", "data"] {
-            if !object.contains_key(key) {
-                return Err(Failure::new(
-                    ErrorType::MissingField,
-                    key,
-                    format!("{key} is missing"),
-                ));
-            }
-        }
-        let string = |key: &str| -> Result<&str, Failure> {
-            object[key].as_str().ok_or_else(|| {
-                Failure::new(
-                    ErrorType::InvalidType,
-                    key,
-                    format!("{key} must be a string, got a {}", json_kind(&object[key])),
-                )
-            })
-        };
-        let (session_id, category, name, timestamp) = (
-            string("session_id")?,
-            string("category")?,
-            string("name")?,
-            string("timestamp")?,
-        );
-        let Json::Object(data) = &object["data"] else {
-            return Err(Failure::new(
-                ErrorType::InvalidType,
-                "data",
-                format!(
-                    "data must be an object, got a {}",
-                    json_kind(&object["data"])
-                ),
-            ));
-        };
-        if let Some(key) = object
-            .keys()
-            .find(|key| !ENVELOPE_KEYS.contains(&key.as_str()))
-        {
-            return Err(Failure::new(
-                ErrorType::UnexpectedField,
-                key,
-                format!(
-                    "{key} is not an event field (expected only {})",
-                    ENVELOPE_KEYS.join(", ")
-                ),
-            ));
-        }
-        let session_id = Uuid::parse_str(session_id).map_err(|_| {
-            Failure::new(
-                ErrorType::InvalidSessionId,
-                "session_id",
-                format!("session_id {session_id:?} is not a UUID"),
-            )
-        })?;
-        let timestamp = parse_event_time(timestamp).ok_or_else(|| {
-            Failure::new(
-                ErrorType::InvalidTimestamp,
-                "timestamp",
-                format!("timestamp {timestamp:?} is not `YYYY-MM-DD HH:MM:SS[.ffffff]` or RFC 3339 between 1970 and 2106-02-07"),
-            )
-        })?;
-        let schema = self.registry.latest(category, name).ok_or_else(|| {
-            Failure::new(
-                ErrorType::UnknownEventType,
-                "",
-                format!("no schema for category {category:?} and name {name:?}"),
-            )
-        })?;
-        let mut path = String::from("data");
-        let avro = json_to_avro(&object["data"], &schema.data, &mut path).map_err(Failure::from)?;
-        avro.resolve(&schema.data).map_err(|err| {
-            Failure::new(
-                ErrorType::InvalidData,
-                "data",
-                format!("data does not match its schema: {err}"),
-            )
-        })?;
-        self.check_not_future(timestamp, stamp)?;
-        Ok(ValidEvent {
-            stamp: stamp.clone(),
-            session_id,
-            category: category.to_string(),
-            name: name.to_string(),
-            timestamp,
-            data: data.clone(),
-            schema_version: schema.version,
-        })
-    }
-
-    fn check_not_future(&self, timestamp: DateTime<Utc>, stamp: &Stamp) -> Result<(), Failure> {
-        if timestamp > stamp.received_at + self.future_tolerance {
-            return Err(Failure::new(
-                ErrorType::FutureTimestamp,
-                "timestamp",
-                format!(
-                    "timestamp {} is more than {} s after received_at {}",
-                    timestamp.to_rfc3339(),
-                    self.future_tolerance.num_seconds(),
-                    stamp.received_at.to_rfc3339()
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// Avro single-object encoding: marker, fingerprint of a schema in the registry, datum.
@@ -410,6 +220,7 @@ impl Validator {
             )));
         }
         let event = AvroEvent::from_value(value, schema).map_err(failed)?;
+        let (host, path) = (event.text("host"), event.text("path"));
         let stamp = Stamp {
             event_id: event.event_id,
             received_at: event.received_at,
@@ -434,7 +245,7 @@ impl Validator {
                 ),
             )));
         }
-        self.check_not_future(event.timestamp, &stamp)
+        check_not_future(event.timestamp, &stamp, self.future_tolerance)
             .map_err(failed_with_stamp)?;
         Ok(ValidEvent {
             stamp: stamp.clone(),
@@ -442,10 +253,32 @@ impl Validator {
             category: event.category,
             name: event.name,
             timestamp: event.timestamp,
-            data: event.data,
+            host,
+            path,
+            data: serde_json::Value::Object(event.data).to_string(),
             schema_version: schema.version,
         })
     }
+}
+
+fn check_not_future(
+    timestamp: DateTime<Utc>,
+    stamp: &Stamp,
+    tolerance: chrono::Duration,
+) -> Result<(), Failure> {
+    if timestamp > stamp.received_at + tolerance {
+        return Err(Failure::new(
+            ErrorType::FutureTimestamp,
+            "timestamp",
+            format!(
+                "timestamp {} is more than {} s after received_at {}",
+                timestamp.to_rfc3339(),
+                tolerance.num_seconds(),
+                stamp.received_at.to_rfc3339()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -463,14 +296,15 @@ mod tests {
 
     #[test]
     fn a_valid_events_row_splits_its_times_into_seconds_and_microseconds() {
-        let data = serde_json::json!({"host": "www.example.com", "path": "/", "n": 1});
         let valid = ValidEvent {
             stamp: stamp(),
             session_id: Uuid::from_u128(9),
             category: "page interaction".into(),
             name: "pageview".into(),
             timestamp: Utc.timestamp_opt(1_609_492_527, 243_860_000).unwrap(),
-            data: data.as_object().unwrap().clone(),
+            data: r#"{"host":"www.example.com","n":1,"path":"/"}"#.into(),
+            host: "www.example.com".into(),
+            path: "/".into(),
             schema_version: 2,
         };
         let row = valid.into_row(3, 41);
@@ -483,7 +317,7 @@ mod tests {
             (row.host.as_str(), row.path.as_str()),
             ("www.example.com", "/")
         );
-        assert_eq!(serde_json::from_str::<Json>(&row.data).unwrap(), data);
+        assert_eq!(row.data, r#"{"host":"www.example.com","n":1,"path":"/"}"#);
         assert_eq!((row.kafka_partition, row.kafka_offset), (3, 41));
         assert_eq!((row.application.as_str(), row.schema_version), ("shop", 2));
     }

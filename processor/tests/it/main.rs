@@ -16,3 +16,4 @@ mod identity;
 mod replay;
 mod validate;
 mod validate_envelope;
+mod validate_equivalence;

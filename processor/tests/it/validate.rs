@@ -66,7 +66,10 @@ fn reference_events_are_valid_with_their_exact_payload_and_time() {
         let valid = validator()
             .validate(event.to_string().as_bytes(), &envelope())
             .unwrap_or_else(|failed| panic!("{name}: {:?}", failed.failure));
-        assert_eq!(Value::Object(valid.data), event["data"]);
+        assert_eq!(
+            serde_json::from_str::<Value>(&valid.data).unwrap(),
+            event["data"]
+        );
         assert_eq!(
             valid.timestamp,
             "2021-01-01T09:15:27.243860Z"
@@ -234,7 +237,10 @@ fn avro_single_object_events_decode_to_the_same_event() {
         let valid = validator()
             .validate(&bytes, &envelope())
             .unwrap_or_else(|failed| panic!("{name}: {:?}", failed.failure));
-        assert_eq!(Value::Object(valid.data), reference(name)["data"]);
+        assert_eq!(
+            serde_json::from_str::<Value>(&valid.data).unwrap(),
+            reference(name)["data"]
+        );
         assert_eq!(valid.stamp.event_id, event_id);
         assert_eq!(valid.stamp.application, "billing");
         assert_eq!(
@@ -305,7 +311,8 @@ fn a_hand_written_avro_event_is_valid() {
             &envelope(),
         )
         .unwrap_or_else(|failed| panic!("{:?}", failed.failure));
-    assert_eq!(valid.data["form"]["email"], "a@example.com");
+    let data: Value = serde_json::from_str(&valid.data).unwrap();
+    assert_eq!(data["form"]["email"], "a@example.com");
 }
 
 #[test]
