@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::schema::RecordSchema;
 use apache_avro::types::Value as Avro;
-use apache_avro::Schema;
+use apache_avro::{GenericSingleObjectWriter, Schema};
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use uuid::Uuid;
@@ -110,12 +111,22 @@ impl EventSchema {
 
 /// The schema of a topic we publish (alerts, session updates): one `.avsc` file, messages in
 /// Avro single-object encoding.
-#[derive(Debug, Clone)]
 pub struct TopicSchema {
     pub file: PathBuf,
     pub schema: Schema,
     /// The 10-byte single-object header: marker and fingerprint of `schema`.
     pub single_object_header: [u8; 10],
+    /// Resolves the schema once, not on every message (as `to_avro_datum` does).
+    writer: Mutex<GenericSingleObjectWriter>,
+}
+
+impl std::fmt::Debug for TopicSchema {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TopicSchema")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,18 +144,34 @@ impl TopicSchema {
             .build_header()
             .try_into()
             .map_err(|_| invalid(file, "unexpected single-object header length"))?;
+        let writer = GenericSingleObjectWriter::new_with_capacity(&schema, 256)
+            .map_err(|err| invalid(file, err))?;
         Ok(Self {
             file: file.to_path_buf(),
             schema,
             single_object_header,
+            writer: Mutex::new(writer),
         })
     }
 
     /// `value` in single-object encoding; fails when it does not match the schema.
-    pub fn encode(&self, value: Avro) -> Result<Vec<u8>, apache_avro::Error> {
-        let mut bytes = self.single_object_header.to_vec();
-        bytes.extend(apache_avro::to_avro_datum(&self.schema, value)?);
-        Ok(bytes)
+    pub fn encode(&self, value: &Avro) -> Result<Vec<u8>, apache_avro::Error> {
+        let mut bytes = Vec::with_capacity(256);
+        let mut writer = match self.writer.lock() {
+            Ok(writer) => writer,
+            // A panic while writing may have left a partial datum in the writer's buffer.
+            Err(poisoned) => {
+                let mut writer = poisoned.into_inner();
+                *writer = GenericSingleObjectWriter::new_with_capacity(&self.schema, 256)?;
+                writer
+            }
+        };
+        let written = writer.write_value_ref(value, &mut bytes);
+        if written.is_err() {
+            // So does a failed write: the next message must not start with it.
+            *writer = GenericSingleObjectWriter::new_with_capacity(&self.schema, 256)?;
+        }
+        written.map(|_| bytes)
     }
 
     /// A message of this schema back into a value.

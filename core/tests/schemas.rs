@@ -149,3 +149,47 @@ fn released_schemas_match_their_pinned_fingerprints() {
 fn file_name(path: &Path) -> String {
     path.file_name().unwrap().to_string_lossy().into_owned()
 }
+
+#[test]
+fn a_record_the_topic_schema_refuses_leaves_the_next_message_intact() {
+    use apache_avro::types::Value as Avro;
+    use eye_core::schemas::TopicSchema;
+    let schema = TopicSchema::load(&schemas_dir().join("topics/session.avsc")).unwrap();
+    let refused = Avro::Record(vec![("application".into(), Avro::Long(1))]);
+    assert!(schema.encode(&refused).is_err());
+    let session = Avro::Record(vec![
+        ("application".into(), Avro::String("shop".into())),
+        ("session_id".into(), Avro::Uuid(uuid::Uuid::from_u128(5))),
+        ("start_time".into(), Avro::TimestampMicros(1)),
+        ("end_time".into(), Avro::TimestampMicros(2)),
+        ("duration_us".into(), Avro::Long(1)),
+        ("events".into(), Avro::Long(2)),
+        ("events_by_category".into(), Avro::Map(Default::default())),
+        ("events_by_type".into(), Avro::Map(Default::default())),
+        ("entry_path".into(), Avro::Union(0, Box::new(Avro::Null))),
+        (
+            "exit_path".into(),
+            Avro::Union(1, Box::new(Avro::String("/".into()))),
+        ),
+        ("distinct_pages".into(), Avro::Long(1)),
+        ("form_submitted".into(), Avro::Boolean(false)),
+        ("errors".into(), Avro::Long(0)),
+        ("last_update".into(), Avro::TimestampMicros(3)),
+    ]);
+    for _ in 0..2 {
+        let bytes = schema.encode(&session).unwrap();
+        assert_eq!(bytes[..10], schema.single_object_header);
+        let decoded = schema.decode(&bytes).unwrap();
+        let Avro::Record(fields) = decoded else {
+            panic!("not a record");
+        };
+        assert_eq!(
+            fields[0],
+            ("application".to_string(), Avro::String("shop".into()))
+        );
+        assert_eq!(
+            fields[13],
+            ("last_update".to_string(), Avro::TimestampMicros(3))
+        );
+    }
+}

@@ -107,7 +107,7 @@ impl AvroTopic {
 
     fn encode(&self, record: Avro) -> Result<Vec<u8>, PublishError> {
         self.schema
-            .encode(record)
+            .encode(&record)
             .map_err(|source| PublishError::Encode {
                 schema: self.schema.file.display().to_string(),
                 source,
