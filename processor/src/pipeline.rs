@@ -8,13 +8,17 @@
 //! becomes a `sink_rejected` failure, so no row can stop a partition. Anything else is retried
 //! with backoff (readiness false meanwhile).
 //!
+//! While ClickHouse inserts a batch, the next one is read and validated (up to a full batch), so
+//! the processor's thread and ClickHouse work at once.
+//!
 //! A batch's session updates, from the sessions held in memory
 //! ([`session_state`](crate::session_state)), are handed to the producer before the next message
 //! is read, and acknowledged while the next batch is read; its offsets are stored once they are.
-//! A rebalance (which happens only while reading) first waits for the producer's
-//! acknowledgements, so the partitions' next owner publishes after this processor, never before.
-//! A batch written but not yet published when its partitions are revoked is read again by the
-//! new owner (the same rows, collapsed by the tables).
+//! A rebalance (which happens while reading, also while a batch is inserted) first waits for the
+//! producer's acknowledgements, so the partitions' next owner publishes after this processor,
+//! never before; the rows of revoked partitions in a batch being inserted are written but neither
+//! published nor stored. A batch written but not yet published when its partitions are revoked
+//! is read again by the new owner (the same rows, collapsed by the tables).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -68,7 +72,7 @@ pub struct BatchSettings {
 impl Default for BatchSettings {
     fn default() -> Self {
         Self {
-            max_events: 50_000,
+            max_events: 25_000,
             max_wait_ms: 500,
         }
     }
@@ -148,6 +152,16 @@ impl Pipeline {
         loop {
             if self.source.range_done() {
                 break;
+            }
+            // Filled while the previous batch was inserted.
+            if self
+                .source
+                .with_batch(|batch| batch.len() >= self.batch.max_events)
+            {
+                if !self.write(&mut shutdown).await {
+                    break;
+                }
+                continue;
             }
             let deadline = self
                 .source
@@ -263,7 +277,7 @@ impl Pipeline {
         }
         loop {
             self.prepare_session_states().await;
-            match self.insert(batch).await {
+            match self.insert_while_reading(batch).await {
                 Ok(()) => break,
                 // Once: a refusal that outlives isolating the refused rows is no row's fault,
                 // and is retried with backoff (readiness false) rather than isolated again.
@@ -294,6 +308,16 @@ impl Pipeline {
             next_offsets = ?batch.next_offsets,
             "batch written"
         );
+        // The rows of partitions revoked while the batch was inserted are their next owner's to
+        // publish (it reads them again: their offsets are not stored).
+        let changes = self.source.take_ownership_changes();
+        let revoked: Vec<i32> = changes.revoked.iter().copied().collect();
+        if !revoked.is_empty() {
+            batch.release(&revoked);
+        }
+        if let Some(states) = &mut self.session_states {
+            states.ownership_changed(changes);
+        }
         self.finish_publishing().await;
         match (&self.session_updates, &mut self.session_states) {
             (Some(session_updates), Some(states)) => {
@@ -343,6 +367,25 @@ impl Pipeline {
             states
                 .prepare(&self.sink.client(), self.sink.request_timeout())
                 .await;
+        }
+    }
+
+    /// Inserts `batch` while the next one is read and validated, until that one is full.
+    async fn insert_while_reading(&self, batch: &Batch) -> Result<(), SinkError> {
+        let insert = self.insert(batch);
+        tokio::pin!(insert);
+        loop {
+            let room = self
+                .source
+                .with_batch(|next| next.len() < self.batch.max_events);
+            tokio::select! {
+                biased;
+                inserted = &mut insert => return inserted,
+                message = self.source.recv(), if room => match message {
+                    Ok(message) => self.source.with_batch(|next| self.add(next, &message)),
+                    Err(error) => warn!(%error, "kafka consume error"),
+                },
+            }
         }
     }
 

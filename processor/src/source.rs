@@ -384,7 +384,8 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    // Runs inside `recv()`, never while a batch is being written: the loop does one at a time.
+    // Runs inside `recv()`: between batches, or while a batch is inserted (the next one is read
+    // meanwhile); the pipeline then releases that batch's rows of revoked partitions itself.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let revoked = match rebalance {
             Rebalance::Revoke(revoked) => revoked,
