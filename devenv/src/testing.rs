@@ -203,7 +203,8 @@ pub fn start_broker(
         .prepare(&broker_binary())?
         .spawn_supervised(remove_after_exit)?;
     broker.wait_ready(READY_TIMEOUT)?;
-    serving_on(process, &[broker.port])
+    serving_on(&process, &[broker.port])?;
+    Ok(process)
 }
 
 /// Starts ClickHouse and waits until it answers on its own ports (see [`PortTaken`]).
@@ -215,17 +216,20 @@ pub fn start_clickhouse(
         .prepare(&clickhouse_server_binary())?
         .spawn_supervised(remove_after_exit)?;
     server.wait_ready(READY_TIMEOUT)?;
-    serving_on(process, &[server.http_port, server.tcp_port])
+    serving_on(&process, &[server.http_port, server.tcp_port])?;
+    Ok(process)
 }
 
-fn serving_on(process: Supervised, ports: &[u16]) -> anyhow::Result<Supervised> {
+/// After a readiness probe was answered: whether `process` itself holds `ports` (see
+/// [`PortTaken`]).
+pub fn serving_on(process: &Supervised, ports: &[u16]) -> Result<(), PortTaken> {
     for &port in ports {
         // A service that exited after the probe was answered lost its port to that answer.
         if !process.listens_on(port).unwrap_or(false) {
-            return Err(PortTaken { port }.into());
+            return Err(PortTaken { port });
         }
     }
-    Ok(process)
+    Ok(())
 }
 
 /// Runs `start` with fresh ports until no other process took one of them first.

@@ -9,9 +9,11 @@ use eye_devenv::broker::{Broker, Storage};
 use eye_devenv::clickhouse::ClickHouseServer;
 use eye_devenv::install;
 use eye_devenv::process::{free_port, Launch, Supervised};
-use eye_devenv::testing::Signal;
+use eye_devenv::testing::{serving_on, PortTaken, Signal};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Starts on fresh ports after another process took one of the chosen ports first.
+const START_ATTEMPTS: usize = 5;
 pub const RAW_TOPIC: &str = "eye.events.raw";
 pub const PARTITIONS: i32 = 4;
 pub const PROCESSOR_GROUP: &str = "eye-processor";
@@ -77,6 +79,15 @@ impl Service {
     pub fn log_file(&self) -> &Path {
         &self.launch.log_file
     }
+
+    /// Whether the running process itself serves `ports`, not another that took them first.
+    fn serving_on(&self, ports: &[u16]) -> anyhow::Result<()> {
+        let process = self
+            .process
+            .as_ref()
+            .with_context(|| format!("{} is not running", self.name))?;
+        Ok(serving_on(process, ports)?)
+    }
 }
 
 pub struct Stack {
@@ -92,8 +103,27 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts every service in `state_dir` and waits until each answers.
+    /// Starts every service in `state_dir` and waits until each answers on its own ports.
     pub async fn start(
+        state_dir: &Path,
+        programs: &Programs,
+        storage: Storage,
+    ) -> anyhow::Result<Self> {
+        let mut attempt_dir = state_dir.to_path_buf();
+        for attempt in 1..START_ATTEMPTS {
+            match Self::start_on_free_ports(&attempt_dir, programs, storage.clone()).await {
+                Err(error) if error.is::<PortTaken>() => {
+                    eprintln!("{error}; starting the stack again on other ports");
+                    // Afresh: the first attempt's broker may hold topics already.
+                    attempt_dir = state_dir.join(format!("attempt-{}", attempt + 1));
+                }
+                started => return started,
+            }
+        }
+        Self::start_on_free_ports(&attempt_dir, programs, storage).await
+    }
+
+    async fn start_on_free_ports(
         state_dir: &Path,
         programs: &Programs,
         storage: Storage,
@@ -113,9 +143,11 @@ impl Stack {
         };
         let kafka = Service::new("broker", broker.prepare(&programs.broker_bin)?);
 
-        let ingest_listen = format!("127.0.0.1:{}", free_port());
-        let ingest_operations_listen = format!("127.0.0.1:{}", free_port());
-        let processor_listen = format!("127.0.0.1:{}", free_port());
+        let (ingest_port, ingest_operations_port, processor_port) =
+            (free_port(), free_port(), free_port());
+        let ingest_listen = format!("127.0.0.1:{ingest_port}");
+        let ingest_operations_listen = format!("127.0.0.1:{ingest_operations_port}");
+        let processor_listen = format!("127.0.0.1:{processor_port}");
         let launch = |program: &Path, config: &Path, log: &str, envs: Vec<(&str, String)>| Launch {
             program: program.to_path_buf(),
             args: vec!["--config".into(), config.into()],
@@ -182,6 +214,12 @@ impl Stack {
         stack.kafka.start()?;
         stack.wait_clickhouse()?;
         stack.wait_broker()?;
+        let clickhouse_ports = [
+            stack.clickhouse_server.http_port,
+            stack.clickhouse_server.tcp_port,
+        ];
+        stack.clickhouse.serving_on(&clickhouse_ports)?;
+        stack.kafka.serving_on(&[stack.broker.port])?;
         eye_core::kafka::create_topics(
             &eye_core::settings::KafkaSettings::for_brokers(stack.broker.bootstrap()),
             &[RAW_TOPIC],
@@ -192,6 +230,10 @@ impl Stack {
         stack.ingest.start()?;
         wait_ready("the processor", &stack.processor_ready_url).await?;
         wait_ready("the ingest bridge", &stack.ingest_ready_url).await?;
+        stack.processor.serving_on(&[processor_port])?;
+        stack
+            .ingest
+            .serving_on(&[ingest_port, ingest_operations_port])?;
         Ok(stack)
     }
 
