@@ -12,8 +12,9 @@
 //! the processor's thread and ClickHouse work at once.
 //!
 //! A batch's session updates, from the sessions held in memory
-//! ([`session_state`](crate::session_state)), are handed to the producer before the next message
-//! is read, and acknowledged while the next batch is read; its offsets are stored once they are.
+//! ([`session_state`](crate::session_state)), are handed to the producer as soon as its rows are
+//! in, before reading goes on, and acknowledged while the next batch is read; its offsets are
+//! stored once they are.
 //! A rebalance (which happens while reading, also while a batch is inserted) first waits for the
 //! producer's acknowledgements, so the partitions' next owner publishes after this processor,
 //! never before; the rows of revoked partitions in a batch being inserted are written but neither
@@ -322,7 +323,7 @@ impl Pipeline {
         match (&self.session_updates, &mut self.session_states) {
             (Some(session_updates), Some(states)) => {
                 let changes = states.apply(batch);
-                // Handed over now, before the next message is read (see the module's comment).
+                // Handed over now, before reading goes on (see the module's comment).
                 let in_flight = session_updates.enqueue(changes.summaries);
                 self.publishing = Some(Publishing {
                     task: tokio::spawn(publish_until_done(

@@ -150,8 +150,8 @@ impl SessionUpdates {
         })
     }
 
-    /// Hands the messages of `summaries` to the producer now, before the next message of the raw
-    /// topic is read; [`SessionUpdates::complete`] waits for them.
+    /// Hands the messages of `summaries` to the producer now, before the raw topic is read on
+    /// (so a rebalance's flush covers them); [`SessionUpdates::complete`] waits for them.
     pub fn enqueue(&self, summaries: Vec<SessionSummary>) -> InFlight {
         let messages = summaries
             .into_iter()
