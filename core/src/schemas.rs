@@ -144,8 +144,7 @@ impl TopicSchema {
             .build_header()
             .try_into()
             .map_err(|_| invalid(file, "unexpected single-object header length"))?;
-        let writer = GenericSingleObjectWriter::new_with_capacity(&schema, 256)
-            .map_err(|err| invalid(file, err))?;
+        let writer = single_object_writer(&schema).map_err(|err| invalid(file, err))?;
         Ok(Self {
             file: file.to_path_buf(),
             schema,
@@ -162,14 +161,14 @@ impl TopicSchema {
             // A panic while writing may have left a partial datum in the writer's buffer.
             Err(poisoned) => {
                 let mut writer = poisoned.into_inner();
-                *writer = GenericSingleObjectWriter::new_with_capacity(&self.schema, 256)?;
+                *writer = single_object_writer(&self.schema)?;
                 writer
             }
         };
         let written = writer.write_value_ref(value, &mut bytes);
         if written.is_err() {
             // So does a failed write: the next message must not start with it.
-            *writer = GenericSingleObjectWriter::new_with_capacity(&self.schema, 256)?;
+            *writer = single_object_writer(&self.schema)?;
         }
         written.map(|_| bytes)
     }
@@ -271,6 +270,11 @@ impl SchemaRegistry {
         types.sort_by(|a, b| (&a[0].category, &a[0].name).cmp(&(&b[0].category, &b[0].name)));
         types
     }
+}
+
+/// Resolves `schema` once for every message it writes.
+fn single_object_writer(schema: &Schema) -> Result<GenericSingleObjectWriter, apache_avro::Error> {
+    GenericSingleObjectWriter::new_with_capacity(schema, 256)
 }
 
 fn read_json(path: &Path) -> Result<Json, SchemaError> {

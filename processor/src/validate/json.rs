@@ -14,10 +14,10 @@ use chrono::Duration;
 use eye_core::raw::Stamp;
 use eye_core::schemas::SchemaRegistry;
 use eye_core::timestamp::parse_event_time;
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use uuid::Uuid;
 
-use super::shape::{parse_string, Entries, Kind, Mismatch, RecordShape, Walk};
+use super::raw::{parse_string, top_level_kind, Entries, Kind};
+use super::shape::{Mismatch, RecordShape, Walk};
 use super::{check_not_future, Envelope, ErrorType, FailedEvent, Failure, ValidEvent};
 
 const ENVELOPE_KEYS: [&str; 6] = [
@@ -107,10 +107,13 @@ impl JsonValidator {
     }
 
     fn judge(&self, bytes: &[u8], envelope: &Envelope) -> Judged {
-        let mut walk = Walk::default();
-        let object = match Entries::parse_message(bytes, &mut walk) {
+        let object = match Entries::parse_message(bytes) {
             Ok(object) => object,
             Err(error) => return Judged::NotJson(error),
+        };
+        let mut walk = Walk {
+            skipped_repeated_keys: object.dropped_repeated_keys,
+            ..Walk::default()
         };
         let mut stamp = header_or_derived(envelope);
         let fail = |stamp: Stamp, failure: Failure| {
@@ -274,57 +277,5 @@ fn header_or_derived(envelope: &Envelope) -> Stamp {
         event_id: envelope.event_id.unwrap_or(envelope.derived_event_id),
         received_at: envelope.received_at,
         application: envelope.application.clone(),
-    }
-}
-
-/// The message's top-level kind, by the parse `serde_json::Value` makes (the same errors,
-/// limits and number ranges), without building the value.
-fn top_level_kind(bytes: &[u8]) -> Result<Kind, serde_json::Error> {
-    serde_json::from_slice::<Strict>(bytes).map(|Strict(kind)| kind)
-}
-
-struct Strict(Kind);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Strict;
-
-    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-        formatter.write_str("any valid JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
-        Ok(Strict(Kind::Boolean))
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
-        Ok(Strict(Kind::Number))
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
-        Ok(Strict(Kind::Number))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
-        Ok(Strict(Kind::Number))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
-        Ok(Strict(Kind::String))
-    }
-    fn visit_unit<E>(self) -> Result<Strict, E> {
-        Ok(Strict(Kind::Null))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
-        while seq.next_element::<Strict>()?.is_some() {}
-        Ok(Strict(Kind::Array))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
-        while map.next_key::<Strict>()?.is_some() {
-            map.next_value::<Strict>()?;
-        }
-        Ok(Strict(Kind::Object))
     }
 }

@@ -23,6 +23,7 @@
 mod avro;
 mod envelope;
 mod json;
+mod raw;
 mod shape;
 
 use chrono::{DateTime, Utc};

@@ -3,9 +3,10 @@
 //! `eye_core::convert::json_to_avro` names it, and writes the payload's canonical JSON (compact,
 //! keys in byte order, a repeated key's last value) as it goes: the `events.data` column.
 //!
-//! Objects are read as (key, raw text) entries, sorted and deduplicated, so a record's or map's
-//! members are judged in the order the converter sees them; strings, numbers and literals are
-//! parsed by serde_json itself, so what counts as a number or an escape cannot differ.
+//! Objects are read as (key, raw text) entries ([`super::raw`]), sorted and deduplicated, so a
+//! record's or map's members are judged in the order the converter sees them; strings, numbers
+//! and literals are parsed by serde_json itself, so what counts as a number or an escape cannot
+//! differ.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -13,10 +14,11 @@ use std::fmt::Write as _;
 use apache_avro::schema::RecordSchema;
 use apache_avro::Schema;
 use eye_core::convert::{json_to_avro, ConversionError, MismatchKind};
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Number, Value as Json};
 use uuid::Uuid;
+
+use super::raw::{parse_string, Entries, Kind};
 
 /// A schema node, as JSON data is checked against it.
 #[derive(Debug)]
@@ -196,10 +198,10 @@ impl Shape {
                 write(out, "]");
             }
             (Shape::Map(values), Kind::Object) => {
-                let entries = Entries::parse(raw, walk)?;
+                let entries = members(raw, walk)?;
                 let mut out = out;
                 write(out.as_deref_mut(), "{");
-                for (index, (key, value)) in entries.0.iter().enumerate() {
+                for (index, (key, value)) in entries.iter().enumerate() {
                     if index > 0 {
                         write(out.as_deref_mut(), ",");
                     }
@@ -213,7 +215,7 @@ impl Shape {
                 write(out, "}");
             }
             (Shape::Record(record), Kind::Object) => {
-                let entries = Entries::parse(raw, walk)?;
+                let entries = members(raw, walk)?;
                 record.check_entries(&entries, walk, out)?;
             }
             (Shape::Union(variants), _) => {
@@ -302,7 +304,7 @@ impl RecordShape {
 
     /// Checks an event's `data` object (`raw`, at `walk.path`) and returns its row's payload.
     pub(super) fn check_data(&self, raw: &str, walk: &mut Walk) -> Result<Payload, Mismatch> {
-        let entries = Entries::parse(raw, walk)?;
+        let entries = members(raw, walk)?;
         let mut json = String::with_capacity(raw.len());
         self.check_entries(&entries, walk, Some(&mut json))?;
         let text = |key: &str| -> Result<String, Mismatch> {
@@ -330,8 +332,8 @@ impl RecordShape {
         walk: &mut Walk,
         out: Option<&mut String>,
     ) -> Result<(), Mismatch> {
-        let mut members = Vec::with_capacity(entries.0.len());
-        for (key, value) in &entries.0 {
+        let mut members = Vec::with_capacity(entries.len());
+        for (key, value) in entries.iter() {
             match self
                 .by_name
                 .binary_search_by(|(name, _)| name.as_str().cmp(key))
@@ -440,138 +442,11 @@ impl RecordShape {
     }
 }
 
-/// The JSON kind of a value's text, from its first byte (serde_json's raw values start at the
-/// value itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    Null,
-    Boolean,
-    Number,
-    String,
-    Array,
-    Object,
-}
-
-impl Kind {
-    pub(super) fn of(raw: &str) -> Kind {
-        match raw.as_bytes().first() {
-            Some(b'{') => Kind::Object,
-            Some(b'[') => Kind::Array,
-            Some(b'"') => Kind::String,
-            Some(b't' | b'f') => Kind::Boolean,
-            Some(b'n') => Kind::Null,
-            _ => Kind::Number,
-        }
-    }
-
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            Kind::Null => "null",
-            Kind::Boolean => "boolean",
-            Kind::Number => "number",
-            Kind::String => "string",
-            Kind::Array => "array",
-            Kind::Object => "object",
-        }
-    }
-}
-
-/// An object's members as (key, raw value), keys in byte order, a repeated key's last value
-/// kept: the members `serde_json::Map` holds.
-pub(super) struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'a> Entries<'a> {
-    pub(super) fn parse(raw: &'a str, walk: &mut Walk) -> Result<Entries<'a>, serde_json::Error> {
-        let mut entries: Entries<'a> = serde_json::from_str(raw)?;
-        walk.skipped_repeated_keys |= entries.sort_keeping_last();
-        Ok(entries)
-    }
-
-    /// Parses a whole message's object (bytes, as the raw topic holds them).
-    pub(super) fn parse_message(
-        bytes: &'a [u8],
-        walk: &mut Walk,
-    ) -> Result<Entries<'a>, serde_json::Error> {
-        let mut entries: Entries<'a> = serde_json::from_slice(bytes)?;
-        walk.skipped_repeated_keys |= entries.sort_keeping_last();
-        Ok(entries)
-    }
-
-    /// True when a repeated key's earlier value was dropped.
-    fn sort_keeping_last(&mut self) -> bool {
-        let entries = &mut self.0;
-        if entries.windows(2).all(|pair| pair[0].0 < pair[1].0) {
-            return false;
-        }
-        let before = entries.len();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        entries.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                std::mem::swap(later, kept);
-            }
-            same
-        });
-        entries.len() < before
-    }
-
-    pub(super) fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0
-            .binary_search_by(|(candidate, _)| candidate.as_ref().cmp(key))
-            .ok()
-            .map(|at| self.0[at].1)
-    }
-
-    pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(key, _)| key.as_ref())
-    }
-}
-
-impl<'de> Deserialize<'de> for Entries<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EntriesVisitor;
-        impl<'de> Visitor<'de> for EntriesVisitor {
-            type Value = Entries<'de>;
-            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-                formatter.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(Text(key)) = map.next_key()? {
-                    entries.push((key, map.next_value()?));
-                }
-                Ok(Entries(entries))
-            }
-        }
-        deserializer.deserialize_map(EntriesVisitor)
-    }
-}
-
-/// A JSON string's text, borrowed when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = Text<'de>;
-            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-                formatter.write_str("a JSON string")
-            }
-            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(text)))
-            }
-            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(text.to_string())))
-            }
-        }
-        deserializer.deserialize_str(TextVisitor)
-    }
-}
-
-/// A string value's text (`raw` is a JSON string).
-pub(super) fn parse_string(raw: &str) -> Result<Cow<'_, str>, serde_json::Error> {
-    serde_json::from_str::<Text<'_>>(raw).map(|Text(text)| text)
+/// An object's members, noting in `walk` when a repeated key's earlier value was dropped.
+fn members<'a>(raw: &'a str, walk: &mut Walk) -> Result<Entries<'a>, serde_json::Error> {
+    let entries = Entries::parse(raw)?;
+    walk.skipped_repeated_keys |= entries.dropped_repeated_keys;
+    Ok(entries)
 }
 
 fn invalid(path: &str, reason: String) -> ConversionError {
