@@ -173,6 +173,20 @@ impl TopicSchema {
         written.map(|_| bytes)
     }
 
+    /// `record` in single-object encoding, serialized straight from its fields, with no `Avro`
+    /// value between (no tree to build, validate and walk). The serializer writes fields in the
+    /// order `record` gives them and does not miss an absent one, so `record`'s fields must be
+    /// the schema's, in its order; a round trip through [`TopicSchema::decode`] is its test.
+    pub fn encode_fields(
+        &self,
+        record: &impl serde::Serialize,
+    ) -> Result<Vec<u8>, apache_avro::Error> {
+        let mut bytes = Vec::with_capacity(256);
+        bytes.extend_from_slice(&self.single_object_header);
+        apache_avro::write_avro_datum_ref(&self.schema, record, &mut bytes)?;
+        Ok(bytes)
+    }
+
     /// A message of this schema back into a value.
     pub fn decode(&self, bytes: &[u8]) -> Result<Avro, DecodeError> {
         match bytes.split_at_checked(10) {

@@ -49,6 +49,17 @@ impl From<KafkaError> for PublishError {
     }
 }
 
+/// What a topic's message is made from: an Avro value, or a type whose fields are the schema's.
+pub trait TopicRecord {
+    fn encode(&self, schema: &TopicSchema) -> Result<Vec<u8>, apache_avro::Error>;
+}
+
+impl TopicRecord for Avro {
+    fn encode(&self, schema: &TopicSchema) -> Result<Vec<u8>, apache_avro::Error> {
+        schema.encode(self)
+    }
+}
+
 pub struct AvroTopic {
     name: String,
     schema: TopicSchema,
@@ -66,7 +77,7 @@ impl AvroTopic {
     }
 
     /// Publishes one message and waits for the broker's acknowledgement.
-    pub async fn publish(&self, key: &str, record: Avro) -> Result<(), PublishError> {
+    pub async fn publish(&self, key: &str, record: &impl TopicRecord) -> Result<(), PublishError> {
         let payload = self.encode(record)?;
         self.producer
             .send(
@@ -80,12 +91,12 @@ impl AvroTopic {
 
     /// Publishes every message at once and waits for all acknowledgements; the outcome of each,
     /// in order.
-    pub async fn publish_all(
+    pub async fn publish_all<R: TopicRecord>(
         &self,
-        messages: Vec<(String, Avro)>,
+        messages: Vec<(String, R)>,
     ) -> Vec<(String, Result<(), PublishError>)> {
         join_all(messages.into_iter().map(|(key, record)| async move {
-            let outcome = self.publish(&key, record).await;
+            let outcome = self.publish(&key, &record).await;
             (key, outcome)
         }))
         .await
@@ -93,7 +104,11 @@ impl AvroTopic {
 
     /// Hands one message to the producer now, without waiting; the future resolves with its
     /// acknowledgement.
-    pub fn enqueue(&self, key: &str, record: Avro) -> Result<DeliveryFuture, PublishError> {
+    pub fn enqueue(
+        &self,
+        key: &str,
+        record: &impl TopicRecord,
+    ) -> Result<DeliveryFuture, PublishError> {
         let payload = self.encode(record)?;
         self.producer
             .send_result(FutureRecord::to(&self.name).key(key).payload(&payload))
@@ -105,9 +120,9 @@ impl AvroTopic {
         self.producer.flush(timeout)
     }
 
-    fn encode(&self, record: Avro) -> Result<Vec<u8>, PublishError> {
-        self.schema
-            .encode(&record)
+    fn encode(&self, record: &impl TopicRecord) -> Result<Vec<u8>, PublishError> {
+        record
+            .encode(&self.schema)
             .map_err(|source| PublishError::Encode {
                 schema: self.schema.file.display().to_string(),
                 source,

@@ -6,10 +6,10 @@
 //! (`sessions` and `session_errors`) after the batch's rows are in. Either way the latest
 //! message of a session is the session.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
-use apache_avro::types::Value as Avro;
 use clickhouse::{Client, Row};
 use eye_core::schemas::TopicSchema;
 use eye_core::settings::KafkaSettings;
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 use uuid::Uuid;
 
-use crate::avro_topic::{AvroTopic, PublishError};
+use crate::avro_topic::{AvroTopic, PublishError, TopicRecord};
 use crate::rows::SessionSummary;
 use crate::sink::{within, ClickHouseSink};
 
@@ -156,7 +156,7 @@ impl SessionUpdates {
         let messages = summaries
             .into_iter()
             .map(|summary| {
-                let delivery = self.topic.enqueue(&key_of(&summary), record(&summary));
+                let delivery = self.topic.enqueue(&key_of(&summary), &record(&summary));
                 (summary, delivery)
             })
             .collect();
@@ -303,16 +303,54 @@ pub const MAX_PATH_BYTES: usize = 2048;
 /// Ends a path cut to [`MAX_PATH_BYTES`].
 pub const TRUNCATION_MARKER: &str = "…";
 
-/// The path, or its first [`MAX_PATH_BYTES`] bytes (less the marker) and the marker.
-fn bounded_path(path: &str) -> String {
-    if path.len() <= MAX_PATH_BYTES {
-        return path.to_string();
-    }
-    let cut = path.floor_char_boundary(MAX_PATH_BYTES - TRUNCATION_MARKER.len());
-    format!("{}{TRUNCATION_MARKER}", &path[..cut])
+/// No pageview's path is null on the topic.
+fn optional_path(path: &str) -> Option<Cow<'_, str>> {
+    (!path.is_empty()).then(|| bounded_path(path))
 }
 
-fn record(session: &SessionSummary) -> Avro {
+/// The path, or its first [`MAX_PATH_BYTES`] bytes (less the marker) and the marker.
+fn bounded_path(path: &str) -> Cow<'_, str> {
+    if path.len() <= MAX_PATH_BYTES {
+        return Cow::Borrowed(path);
+    }
+    let cut = path.floor_char_boundary(MAX_PATH_BYTES - TRUNCATION_MARKER.len());
+    Cow::Owned(format!("{}{TRUNCATION_MARKER}", &path[..cut]))
+}
+
+/// A session's message: the fields of `session.avsc`, in its order (see
+/// [`TopicSchema::encode_fields`]).
+#[derive(Debug, Serialize)]
+struct SessionRecord<'a> {
+    application: &'a str,
+    #[serde(serialize_with = "hyphenated")]
+    session_id: Uuid,
+    start_time: i64,
+    end_time: i64,
+    duration_us: i64,
+    events: i64,
+    events_by_category: BTreeMap<&'a str, i64>,
+    /// Keyed `category/name`.
+    events_by_type: BTreeMap<String, i64>,
+    entry_path: Option<Cow<'a, str>>,
+    exit_path: Option<Cow<'a, str>>,
+    distinct_pages: i64,
+    form_submitted: bool,
+    errors: i64,
+    last_update: i64,
+}
+
+/// The schema's `uuid` is a string: the hyphenated form, written without allocating.
+fn hyphenated<S: serde::Serializer>(id: &Uuid, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
+}
+
+impl TopicRecord for SessionRecord<'_> {
+    fn encode(&self, schema: &TopicSchema) -> Result<Vec<u8>, apache_avro::Error> {
+        schema.encode_fields(self)
+    }
+}
+
+fn record(session: &SessionSummary) -> SessionRecord<'_> {
     let micros = |value: u64| value as i64;
     let mut by_category: BTreeMap<&str, i64> = BTreeMap::new();
     let mut by_type: BTreeMap<String, i64> = BTreeMap::new();
@@ -320,70 +358,100 @@ fn record(session: &SessionSummary) -> Avro {
         *by_category.entry(category).or_default() += *count as i64;
         *by_type.entry(format!("{category}/{name}")).or_default() += *count as i64;
     }
-    let path = |path: &str| match path {
-        "" => Avro::Union(0, Box::new(Avro::Null)),
-        path => Avro::Union(1, Box::new(Avro::String(bounded_path(path)))),
-    };
-    Avro::Record(vec![
-        (
-            "application".into(),
-            Avro::String(session.application.clone()),
-        ),
-        ("session_id".into(), Avro::Uuid(session.session_id)),
-        (
-            "start_time".into(),
-            Avro::TimestampMicros(micros(session.first_us)),
-        ),
-        (
-            "end_time".into(),
-            Avro::TimestampMicros(micros(session.last_us)),
-        ),
-        (
-            "duration_us".into(),
-            Avro::Long(micros(session.last_us) - micros(session.first_us)),
-        ),
-        ("events".into(), Avro::Long(session.event_count as i64)),
-        (
-            "events_by_category".into(),
-            Avro::Map(
-                by_category
-                    .into_iter()
-                    .map(|(key, count)| (key.to_string(), Avro::Long(count)))
-                    .collect(),
-            ),
-        ),
-        (
-            "events_by_type".into(),
-            Avro::Map(
-                by_type
-                    .into_iter()
-                    .map(|(key, count)| (key, Avro::Long(count)))
-                    .collect(),
-            ),
-        ),
-        ("entry_path".into(), path(&session.entry_path)),
-        ("exit_path".into(), path(&session.exit_path)),
-        (
-            "distinct_pages".into(),
-            Avro::Long(session.distinct_pages as i64),
-        ),
-        (
-            "form_submitted".into(),
-            Avro::Boolean(session.form_submitted),
-        ),
-        ("errors".into(), Avro::Long(session.error_count as i64)),
-        (
-            "last_update".into(),
-            Avro::TimestampMicros(micros(
-                session.last_received_us.max(session.error_last_received_us),
-            )),
-        ),
-    ])
+    SessionRecord {
+        application: &session.application,
+        session_id: session.session_id,
+        start_time: micros(session.first_us),
+        end_time: micros(session.last_us),
+        duration_us: micros(session.last_us) - micros(session.first_us),
+        events: session.event_count as i64,
+        events_by_category: by_category,
+        events_by_type: by_type,
+        entry_path: optional_path(&session.entry_path),
+        exit_path: optional_path(&session.exit_path),
+        distinct_pages: session.distinct_pages as i64,
+        form_submitted: session.form_submitted,
+        errors: session.error_count as i64,
+        last_update: micros(session.last_received_us.max(session.error_last_received_us)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The record's fields are written in the order it gives them, unchecked: read back with
+    /// the schema, each must land in its own field.
+    #[test]
+    fn a_session_record_reads_back_field_for_field_with_the_topic_schema() {
+        use apache_avro::types::Value as Avro;
+        let schema = TopicSchema::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../schemas/avro/topics/session.avsc"),
+        )
+        .unwrap();
+        let session = SessionSummary {
+            application: "shop".into(),
+            session_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+            first_us: 1_000,
+            last_us: 5_000,
+            event_count: 3,
+            by_type: vec![
+                ("pageview".into(), "page_view".into(), 2),
+                ("interaction".into(), "cta_click".into(), 1),
+            ],
+            entry_path: String::new(),
+            exit_path: "/é".repeat(2_000),
+            distinct_pages: 2,
+            form_submitted: true,
+            last_received_us: 7_000,
+            error_count: 4,
+            error_last_received_us: 9_000,
+        };
+        let bytes = record(&session).encode(&schema).unwrap();
+        let long = |value: i64| Avro::Long(value);
+        let expected = Avro::Record(vec![
+            ("application".into(), Avro::String("shop".into())),
+            ("session_id".into(), Avro::Uuid(session.session_id)),
+            ("start_time".into(), Avro::TimestampMicros(1_000)),
+            ("end_time".into(), Avro::TimestampMicros(5_000)),
+            ("duration_us".into(), long(4_000)),
+            ("events".into(), long(3)),
+            (
+                "events_by_category".into(),
+                Avro::Map(
+                    [
+                        ("pageview".into(), long(2)),
+                        ("interaction".into(), long(1)),
+                    ]
+                    .into(),
+                ),
+            ),
+            (
+                "events_by_type".into(),
+                Avro::Map(
+                    [
+                        ("pageview/page_view".into(), long(2)),
+                        ("interaction/cta_click".into(), long(1)),
+                    ]
+                    .into(),
+                ),
+            ),
+            ("entry_path".into(), Avro::Union(0, Box::new(Avro::Null))),
+            (
+                "exit_path".into(),
+                Avro::Union(
+                    1,
+                    Box::new(Avro::String(bounded_path(&session.exit_path).into())),
+                ),
+            ),
+            ("distinct_pages".into(), long(2)),
+            ("form_submitted".into(), Avro::Boolean(true)),
+            ("errors".into(), long(4)),
+            ("last_update".into(), Avro::TimestampMicros(9_000)),
+        ]);
+        assert_eq!(schema.decode(&bytes).unwrap(), expected);
+    }
 
     #[test]
     fn a_long_path_is_cut_to_its_bound_with_a_marker() {

@@ -86,7 +86,7 @@ impl AlertJudge {
             "{}/{}/{}/{}",
             row.rule, row.application, row.category, row.name
         );
-        self.topic.publish(&key, value).await?;
+        self.topic.publish(&key, &value).await?;
         Ok(())
     }
 }

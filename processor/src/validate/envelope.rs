@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
+use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
 use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
@@ -41,6 +42,23 @@ pub struct Transport<'a> {
 const DERIVED_EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c0e_92d4_4c6b_b1e8_5e7d_0c2a_9f41);
 /// The longest application id stored (ids are short names; a header is not a payload).
 pub const MAX_APPLICATION_BYTES: usize = 256;
+
+/// `Uuid::new_v5(DERIVED_EVENT_ID_NAMESPACE, "{topic}/{partition}/{offset}")`, hashed by the
+/// `sha1` crate (SHA-NI where the CPU has it) without formatting a string: uuid's own portable
+/// SHA-1 took 8% of the processor's thread on messages without the bridge's id header.
+fn derived_event_id(topic: &str, partition: i32, offset: i64) -> Uuid {
+    let mut hasher = Sha1::new();
+    hasher.update(DERIVED_EVENT_ID_NAMESPACE.as_bytes());
+    hasher.update(topic.as_bytes());
+    hasher.update(b"/");
+    hasher.update(itoa::Buffer::new().format(partition).as_bytes());
+    hasher.update(b"/");
+    hasher.update(itoa::Buffer::new().format(offset).as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+}
 
 impl Envelope {
     /// What the transport says, completed deterministically from the message itself, so a
@@ -127,13 +145,7 @@ impl Envelope {
         // Hashed only when no header carries an id (the bridge always sets one).
         let derived_event_id = match event_id {
             Some(_) => Uuid::nil(),
-            None => {
-                let derived = format!(
-                    "{}/{}/{}",
-                    transport.topic, transport.partition, transport.offset
-                );
-                Uuid::new_v5(&DERIVED_EVENT_ID_NAMESPACE, derived.as_bytes())
-            }
+            None => derived_event_id(transport.topic, transport.partition, transport.offset),
         };
         Envelope {
             event_id,
@@ -141,6 +153,28 @@ impl Envelope {
             received_at,
             application,
             fault,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_derived_event_id_is_the_v5_uuid_of_the_message_place_as_before() {
+        for (topic, partition, offset) in [
+            ("eye.events.raw", 0, 0),
+            ("eye.events.raw", 3, 1_234_567_890_123),
+            ("t", i32::MAX, i64::MIN),
+            ("é".repeat(100).as_str(), -1, -1001),
+        ] {
+            let place = format!("{topic}/{partition}/{offset}");
+            assert_eq!(
+                derived_event_id(topic, partition, offset),
+                Uuid::new_v5(&DERIVED_EVENT_ID_NAMESPACE, place.as_bytes()),
+                "{place}"
+            );
         }
     }
 }
