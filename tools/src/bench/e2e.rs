@@ -1,6 +1,6 @@
-//! End to end: a steady rate through running services, 202 to visible row. Open loop: requests
-//! are due at the rate whatever the replies ([`crate::schedule`]), and reply times count from
-//! when a request was due.
+//! End to end: a steady rate through running services, 202 to visible row, one event per request
+//! or a batch per request. Open loop: requests are due at the rate whatever the replies
+//! ([`crate::schedule`]), and reply times count from when a request was due.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +25,13 @@ pub struct E2eBench {
     database: String,
     #[arg(long, default_value = eye_core::raw::DEFAULT_RAW_TOPIC)]
     topic: String,
-    /// Events (requests) per second.
+    /// Events per second.
     #[arg(long, default_value_t = 1_000)]
     rate: u64,
+    /// Events per request: 1 sends each event alone; more sends a JSON array of them, as a
+    /// batching client does (requests per second are then the rate divided by this).
+    #[arg(long, default_value_t = 1)]
+    batch_size: u64,
     #[arg(long, default_value_t = 60)]
     seconds: u64,
     /// Concurrent clients sharing the rate.
@@ -62,17 +66,32 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
                 refused.clone(),
                 late.clone(),
             );
-            let mut schedule = Schedule::new(args.rate.max(1) as f64, client, args.clients);
+            let batch_size = args.batch_size.max(1);
+            let requests_per_second = args.rate.max(1) as f64 / batch_size as f64;
+            let mut schedule = Schedule::new(requests_per_second, client, args.clients);
             tokio::spawn(async move {
                 let mut reply_us = Histogram::<u64>::new(3).expect("histogram");
                 while Instant::now() < deadline {
                     let due = schedule.next_due().await;
-                    let event_id = Uuid::now_v7();
-                    let mut event = reference_events(1).remove(0);
-                    event["event_id"] = json!(event_id.to_string());
-                    event["timestamp"] = json!(chrono::Utc::now()
+                    let timestamp = chrono::Utc::now()
                         .format("%Y-%m-%d %H:%M:%S%.6f")
-                        .to_string());
+                        .to_string();
+                    let events: Vec<(Uuid, serde_json::Value)> = (0..batch_size)
+                        .map(|_| {
+                            let event_id = Uuid::now_v7();
+                            let mut event = reference_events(1).remove(0);
+                            event["event_id"] = json!(event_id.to_string());
+                            event["timestamp"] = json!(timestamp);
+                            (event_id, event)
+                        })
+                        .collect();
+                    let body = match events.as_slice() {
+                        [(_, event)] => event.to_string(),
+                        events => serde_json::Value::Array(
+                            events.iter().map(|(_, event)| event.clone()).collect(),
+                        )
+                        .to_string(),
+                    };
                     if sent_late(due) {
                         late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -80,7 +99,7 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
                         .post(&url)
                         .bearer_auth(&key)
                         .header("content-type", "application/json")
-                        .body(event.to_string())
+                        .body(body)
                         .send()
                         .await;
                     reply_us
@@ -88,13 +107,14 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
                         .expect("an auto-resizing histogram");
                     match response {
                         Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
-                            replied
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(event_id, (due, Instant::now()));
+                            let reply = Instant::now();
+                            let mut replied = replied.lock().unwrap_or_else(|p| p.into_inner());
+                            for (event_id, _) in &events {
+                                replied.insert(*event_id, (due, reply));
+                            }
                         }
                         _ => {
-                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            refused.fetch_add(batch_size, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
                 }
@@ -112,11 +132,30 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
     let since = (started_at - chrono::Duration::seconds(5))
         .format("%Y-%m-%d %H:%M:%S")
         .to_string();
-    let rows_sql = format!(
-        "SELECT toString(event_id) FROM {db}.events WHERE category = 'page interaction' \
-         AND name = 'pageview' AND timestamp >= toDateTime('{since}', 'UTC') FORMAT TSV",
-        db = args.database
-    );
+    // Each poll asks only for rows past the offsets already seen in each partition (a batch's
+    // rows become visible together), so a long run does not read every row again each time.
+    let mut seen_offsets: std::collections::BTreeMap<u64, u64> = Default::default();
+    let rows_sql = |seen_offsets: &std::collections::BTreeMap<u64, u64>| {
+        let past_seen = seen_offsets
+            .iter()
+            .map(|(partition, offset)| {
+                format!(" OR (kafka_partition = {partition} AND kafka_offset > {offset})")
+            })
+            .collect::<String>();
+        let known = seen_offsets
+            .keys()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            "SELECT toString(event_id), kafka_partition, kafka_offset FROM {db}.events \
+             WHERE category = 'page interaction' AND name = 'pageview' \
+             AND timestamp >= toDateTime('{since}', 'UTC') \
+             AND (kafka_partition NOT IN ({known}){past_seen}) FORMAT TSV",
+            db = args.database,
+            known = if known.is_empty() { "-1".into() } else { known },
+        )
+    };
     let lag_sql = format!(
         "SELECT sum(lag) FROM {db}.ingest_watermarks WHERE topic = '{topic}'",
         db = args.database,
@@ -138,13 +177,20 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
     loop {
         tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
         let now = Instant::now();
-        let rows = query(rows_sql.clone()).await?;
+        let rows = query(rows_sql(&seen_offsets)).await?;
         {
             let replied = replied.lock().unwrap_or_else(|p| p.into_inner());
             for line in rows.lines() {
-                let Ok(event_id) = Uuid::parse_str(line.trim()) else {
+                let mut fields = line.split('\t');
+                let (Some(Ok(event_id)), Some(Ok(partition)), Some(Ok(offset))) = (
+                    fields.next().map(Uuid::parse_str),
+                    fields.next().map(str::parse::<u64>),
+                    fields.next().map(str::parse::<u64>),
+                ) else {
                     continue;
                 };
+                let highest = seen_offsets.entry(partition).or_insert(offset);
+                *highest = (*highest).max(offset);
                 if let Some((due, reply)) = replied.get(&event_id) {
                     if seen.insert(event_id) {
                         let since = |then: &Instant| {
@@ -180,7 +226,10 @@ pub async fn run(args: E2eBench) -> anyhow::Result<()> {
     let lag_end = lag_series.last().map(|(_, lag)| *lag).unwrap_or(0);
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| rate × seconds | {} × {} |", args.rate, args.seconds);
+    println!(
+        "| events/s × seconds, events per request | {} × {}, {} |",
+        args.rate, args.seconds, args.batch_size
+    );
     println!("| accepted (202) | {accepted} |");
     println!(
         "| refused | {} |",

@@ -15,7 +15,7 @@ pub fn run_all(ports: &Ports) -> Result<()> {
     let clickhouse = format!("http://127.0.0.1:{}", ports.clickhouse_http_port);
     let ingest = format!("http://127.0.0.1:{}/v1/events", ports.ingest_port);
     let clickhouse_tcp_port = ports.clickhouse_tcp_port.to_string();
-    let scenarios: [Vec<&str>; 6] = [
+    let scenarios: [Vec<&str>; 7] = [
         vec!["ingest", "--brokers", &kafka],
         vec!["ingest", "--mock-broker"],
         vec!["overload", "--brokers", &kafka],
@@ -29,6 +29,20 @@ pub fn run_all(ports: &Ports) -> Result<()> {
             &clickhouse_tcp_port,
         ],
         vec!["e2e", "--url", &ingest, "--clickhouse-url", &clickhouse],
+        // #14's second end-to-end target, as a batching client (browser snippet, service) sends.
+        vec![
+            "e2e",
+            "--url",
+            &ingest,
+            "--clickhouse-url",
+            &clickhouse,
+            "--rate",
+            "10000",
+            "--seconds",
+            "30",
+            "--batch-size",
+            "100",
+        ],
         vec!["queries", "--clickhouse-url", &clickhouse],
     ];
     for args in scenarios {

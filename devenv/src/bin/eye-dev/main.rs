@@ -51,7 +51,7 @@ enum Cmd {
     /// ingest beside its producer ceiling (on the broker, then on librdkafka's mock cluster), the
     /// bridge under 2,000 slow clients and a flood,
     /// processor beside its consumer and clickhouse-client insert ceilings and ClickHouse's Kafka
-    /// engine, end to end at 1,000 events/s, and queries over 10M events. Each prints a table.
+    /// engine, end to end at 1,000 single-event requests/s and at 10,000 events/s in requests of 100, and queries over 10M events. Each prints a table.
     Bench(Ports),
     /// Install the services the tests start, run `cargo test` for the whole workspace, then the
     /// short fault matrix (`eye chaos --short` on the debug binaries), then each fuzz target for
