@@ -18,6 +18,7 @@ mod known;
 mod sets;
 mod state;
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
@@ -124,7 +125,7 @@ impl SessionStates {
             }
             changes.read_back.insert((application.clone(), *session_id));
         }
-        let mut written: HashSet<Uuid> = HashSet::new();
+        let mut written: HashSet<Uuid> = HashSet::with_capacity(batch.events.len());
         for row in &batch.events {
             let type_id = self.types.id(&row.category, &row.name);
             if let Some(state) = self.state_for(
@@ -176,36 +177,31 @@ impl SessionStates {
         read_back: &mut BTreeSet<(String, Uuid)>,
     ) -> Option<&mut SessionState> {
         let batches = self.batches;
-        let held_here = self
-            .held
-            .get(&session_id)
-            .map(|held| held.application == application);
-        match held_here {
-            Some(true) => {}
-            // The same session id in another application: rare enough to read back.
-            Some(false) => {
-                read_back.insert((application.to_string(), session_id));
-                return None;
+        match self.held.entry(session_id) {
+            Entry::Occupied(entry) => {
+                let held = entry.into_mut();
+                // The same session id in another application: rare enough to read back.
+                if held.application != application {
+                    read_back.insert((application.to_string(), session_id));
+                    return None;
+                }
+                held.written_in = batches;
+                Some(&mut held.state)
             }
-            None => {
+            Entry::Vacant(entry) => {
                 let key = (application.to_string(), session_id);
                 if read_back.contains(&key) || self.known.may_hold(application, session_id) {
                     read_back.insert(key);
                     return None;
                 }
-                self.held.insert(
-                    session_id,
-                    Held {
-                        application: application.to_string(),
-                        state: SessionState::new(partition),
-                        written_in: batches,
-                    },
-                );
+                let held = entry.insert(Held {
+                    application: key.0,
+                    state: SessionState::new(partition),
+                    written_in: batches,
+                });
+                Some(&mut held.state)
             }
         }
-        let held = self.held.get_mut(&session_id)?;
-        held.written_in = batches;
-        Some(&mut held.state)
     }
 
     /// Idle sessions, then the least recently written past the bound, leave memory.

@@ -163,15 +163,33 @@ impl JsonValidator {
                 }
             },
         }
-        match self.check(&object, &stamp, &mut walk) {
+        match self.check(&object, stamp, &mut walk) {
             Ok(valid) if walk.skipped_repeated_keys => Judged::ValidIfJson(valid),
             Ok(valid) => Judged::Valid(valid),
-            Err(Mismatch::Data(failure)) => fail(stamp, failure),
-            Err(Mismatch::NotJson(error)) => Judged::NotJson(error),
+            Err((stamp, Mismatch::Data(failure))) => fail(stamp, failure),
+            Err((_, Mismatch::NotJson(error))) => Judged::NotJson(error),
         }
     }
 
-    fn check<'a>(
+    /// The event, or why not, with the stamp handed back for the failure (moved, not cloned:
+    /// a stamp holds the application's name).
+    fn check(
+        &self,
+        object: &Entries<'_>,
+        stamp: Stamp,
+        walk: &mut Walk,
+    ) -> Result<ValidEvent, (Stamp, Mismatch<Failure>)> {
+        match self.check_fields(object, &stamp, walk) {
+            Ok(mut valid) => {
+                valid.stamp = stamp;
+                Ok(valid)
+            }
+            Err(mismatch) => Err((stamp, mismatch)),
+        }
+    }
+
+    /// The event, its stamp's application left empty for [`JsonValidator::check`] to move in.
+    fn check_fields<'a>(
         &self,
         object: &Entries<'a>,
         stamp: &Stamp,
@@ -259,7 +277,10 @@ impl JsonValidator {
         };
         check_not_future(timestamp, stamp, self.future_tolerance).map_err(Mismatch::Data)?;
         Ok(ValidEvent {
-            stamp: stamp.clone(),
+            stamp: Stamp {
+                application: String::new(),
+                ..*stamp
+            },
             session_id,
             category: category.into_owned(),
             name: name.into_owned(),
