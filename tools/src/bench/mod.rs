@@ -160,6 +160,42 @@ pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The whole machine's CPU time so far, from the `cpu` line of /proc/stat (clock ticks): busy
+/// (everything but idle and iowait) and total.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MachineCpu {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineCpu {
+    pub(crate) fn now() -> Self {
+        let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+            return Self::default();
+        };
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|field| field.parse().ok())
+            .collect();
+        let total = ticks.iter().take(8).sum();
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        Self {
+            busy: total - idle.min(total),
+            total,
+        }
+    }
+
+    /// The share of every core's time spent busy since `earlier`, in percent.
+    pub(crate) fn busy_percent_since(&self, earlier: &MachineCpu) -> f64 {
+        let total = self.total.saturating_sub(earlier.total).max(1);
+        100.0 * self.busy.saturating_sub(earlier.busy) as f64 / total as f64
+    }
+}
+
 /// User plus system CPU seconds of a running process, from /proc (clock ticks of 1/100 s).
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

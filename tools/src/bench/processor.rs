@@ -15,7 +15,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{cpu_seconds, create_database, peak_rss_kib, reference_events, sql, Service};
+use super::{
+    cpu_seconds, create_database, peak_rss_kib, reference_events, sql, MachineCpu, Service,
+};
 
 #[derive(Args)]
 pub struct ProcessorBench {
@@ -195,15 +197,21 @@ pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
         cpu_seconds * 1e6 / args.events as f64
     );
     println!(
+        "| the machine's CPU busy from the join to the last row (every service on it) | {:.0}% of {} cores |",
+        processed.machine_busy_percent,
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    println!(
         "| processor peak RSS | {:.0} MB |",
         peak_rss_kib as f64 / 1024.0
     );
     match kafka_engine {
         Some(Watched::Finished(engine)) => println!(
-            "| ClickHouse Kafka engine + materialized view, no validation, from its group's join | {:.0} events/s ({:.1} s; joined after {:.1} s); processor / it: {:.0}% |",
+            "| ClickHouse Kafka engine + materialized view, no validation, from its group's join | {:.0} events/s ({:.1} s; joined after {:.1} s; machine {:.0}% busy); processor / it: {:.0}% |",
             engine.steady_rate(),
             engine.seconds - engine.joined_seconds,
             engine.joined_seconds,
+            engine.machine_busy_percent,
             100.0 * rate / engine.steady_rate()
         ),
         Some(Watched::Stalled { rows, seconds }) => println!(
@@ -319,6 +327,8 @@ struct Arrival {
     /// (3 s on nisshi and Kafka) and the join, a fixed cost of starting, not of the events.
     joined_seconds: f64,
     seconds: f64,
+    /// How busy the whole machine (every service on it) was from the join to the last row.
+    machine_busy_percent: f64,
 }
 
 impl Arrival {
@@ -329,8 +339,12 @@ impl Arrival {
     }
 }
 
-/// Starts timing, in a thread of its own, how long until `group` is formed (state `Stable`).
-fn time_group_join(brokers: &str, group: &str) -> anyhow::Result<std::thread::JoinHandle<f64>> {
+/// Starts timing, in a thread of its own, how long until `group` is formed (state `Stable`); the
+/// machine's CPU time then.
+fn time_group_join(
+    brokers: &str,
+    group: &str,
+) -> anyhow::Result<std::thread::JoinHandle<(f64, MachineCpu)>> {
     let admin: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
@@ -341,7 +355,7 @@ fn time_group_join(brokers: &str, group: &str) -> anyhow::Result<std::thread::Jo
             .fetch_group_list(Some(&group), Duration::from_secs(1))
             .is_ok_and(|list| list.groups().iter().any(|info| info.state() == "Stable"));
         if formed {
-            return started.elapsed().as_secs_f64();
+            return (started.elapsed().as_secs_f64(), MachineCpu::now());
         }
         std::thread::sleep(Duration::from_millis(20));
     }))
@@ -377,13 +391,14 @@ async fn watch_rows(
         let seconds = started.elapsed().as_secs_f64();
         if rows >= expected {
             // Rows are written only by a formed group, so the timer has its answer.
-            let joined_seconds = join
+            let (joined_seconds, cpu_at_join) = join
                 .join()
                 .map_err(|_| anyhow::anyhow!("timing the group's join panicked"))?;
             return Ok(Watched::Finished(Arrival {
                 events: expected,
                 joined_seconds,
                 seconds,
+                machine_busy_percent: MachineCpu::now().busy_percent_since(&cpu_at_join),
             }));
         }
         if rows > last.0 {
