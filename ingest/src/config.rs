@@ -1,5 +1,7 @@
 //! The ingest bridge's settings: defaults that work locally, a TOML file, `EYE_…` overrides.
 
+use std::path::{Path, PathBuf};
+
 use eye_core::raw::DEFAULT_RAW_TOPIC;
 use eye_core::settings::KafkaSettings;
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,11 @@ pub struct IngestConfig {
     pub limits: Limits,
     /// The trusted applications and the SHA-256 of their API keys.
     pub applications: Vec<Application>,
+    /// A TOML file of more `[[applications]]`, e.g. a mounted secret (`EYE_APPLICATIONS_FILE`).
+    pub applications_file: Option<PathBuf>,
+    /// More applications as `id:key_sha256` pairs, comma-separated, e.g. from a secret in the
+    /// environment (`EYE_APPLICATION_KEYS`); without rate limits.
+    pub application_keys: String,
     /// Origins allowed to call the API from a browser (CORS); empty allows none.
     pub cors_allowed_origins: Vec<String>,
     /// `Retry-After` sent with 503 replies.
@@ -32,10 +39,80 @@ impl Default for IngestConfig {
             producer: ProducerSettings::default(),
             limits: Limits::default(),
             applications: Vec::new(),
+            applications_file: None,
+            application_keys: String::new(),
             cors_allowed_origins: Vec::new(),
             retry_after_seconds: 1,
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplicationSourceError {
+    #[error("no application is configured, so no request could be accepted. Hash a key with `eye-ingest --hash-key KEY`, then add it as [[applications]] (id, key_sha256) to the config file, to a TOML file named by applications_file (EYE_APPLICATIONS_FILE), or as id:key_sha256 to application_keys (EYE_APPLICATION_KEYS)")]
+    None,
+    #[error("applications_file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("application_keys: {pair:?} is not id:key_sha256")]
+    KeyPair { pair: String },
+}
+
+/// The file `applications_file` names: applications only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplicationsFile {
+    applications: Vec<Application>,
+}
+
+impl IngestConfig {
+    /// Every trusted application, from the config, `applications_file` and `application_keys`;
+    /// at least one, or the bridge has nothing to accept.
+    pub fn all_applications(&self) -> Result<Vec<Application>, ApplicationSourceError> {
+        let mut applications = self.applications.clone();
+        if let Some(path) = &self.applications_file {
+            applications.extend(read_applications_file(path)?);
+        }
+        for pair in self.application_keys.split(',').map(str::trim) {
+            if pair.is_empty() {
+                continue;
+            }
+            match pair.split_once(':') {
+                Some((id, key_sha256)) if !id.trim().is_empty() => applications.push(Application {
+                    id: id.trim().to_string(),
+                    key_sha256: key_sha256.trim().to_string(),
+                    rate_limit: None,
+                }),
+                _ => {
+                    return Err(ApplicationSourceError::KeyPair {
+                        pair: pair.to_string(),
+                    })
+                }
+            }
+        }
+        if applications.is_empty() {
+            return Err(ApplicationSourceError::None);
+        }
+        Ok(applications)
+    }
+}
+
+fn read_applications_file(path: &Path) -> Result<Vec<Application>, ApplicationSourceError> {
+    let failed = |source| ApplicationSourceError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file: ApplicationsFile = config::Config::builder()
+        .add_source(config::File::new(
+            &path.to_string_lossy(),
+            config::FileFormat::Toml,
+        ))
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(failed)?;
+    Ok(file.applications)
 }
 
 /// How events are produced to the raw topic.
@@ -121,4 +198,93 @@ pub struct Application {
 pub struct RateLimit {
     pub events_per_second: u32,
     pub burst_events: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> IngestConfig {
+        eye_core::settings::load_with_env(
+            None,
+            env.iter()
+                .map(|(name, value)| (name.to_string(), value.to_string())),
+        )
+        .unwrap()
+    }
+
+    const HASH: &str = "9288cbe05f91da2c61516bc23f31c49da7d055974bcabfa87cca769c076846bf";
+
+    #[test]
+    fn no_application_is_refused_with_how_to_add_one() {
+        let error = load(&[]).all_applications().unwrap_err();
+        assert!(matches!(error, ApplicationSourceError::None));
+        let message = error.to_string();
+        for hint in [
+            "eye-ingest --hash-key",
+            "[[applications]]",
+            "EYE_APPLICATIONS_FILE",
+            "EYE_APPLICATION_KEYS",
+        ] {
+            assert!(message.contains(hint), "{message} names {hint}");
+        }
+    }
+
+    #[test]
+    fn applications_from_a_secret_file_and_the_environment_join_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("applications.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[applications]]\nid = \"shop\"\nkey_sha256 = \"{HASH}\"\n\
+                 rate_limit = {{ events_per_second = 10, burst_events = 2000 }}\n"
+            ),
+        )
+        .unwrap();
+        let config = load(&[
+            ("EYE_APPLICATIONS_FILE", file.to_str().unwrap()),
+            (
+                "EYE_APPLICATION_KEYS",
+                &format!(" blog:{HASH} , wiki:{HASH},"),
+            ),
+        ]);
+        let applications = config.all_applications().unwrap();
+        let ids: Vec<&str> = applications.iter().map(|app| app.id.as_str()).collect();
+        assert_eq!(ids, ["shop", "blog", "wiki"]);
+        assert_eq!(
+            applications[0].rate_limit,
+            Some(RateLimit {
+                events_per_second: 10,
+                burst_events: 2000
+            })
+        );
+        assert!(applications.iter().all(|app| app.key_sha256 == HASH));
+    }
+
+    #[test]
+    fn a_malformed_key_pair_or_applications_file_is_refused_by_name() {
+        let error = load(&[("EYE_APPLICATION_KEYS", HASH)])
+            .all_applications()
+            .unwrap_err();
+        assert!(
+            matches!(error, ApplicationSourceError::KeyPair { .. }),
+            "{error}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("applications.toml");
+        std::fs::write(&file, "[[applications]]\nid = \"shop\"\nkey = \"plain\"\n").unwrap();
+        let error = load(&[("EYE_APPLICATIONS_FILE", file.to_str().unwrap())])
+            .all_applications()
+            .unwrap_err();
+        assert!(
+            matches!(&error, ApplicationSourceError::File { path, .. } if *path == file),
+            "{error}"
+        );
+        let missing = dir.path().join("missing.toml");
+        let error = load(&[("EYE_APPLICATIONS_FILE", missing.to_str().unwrap())])
+            .all_applications()
+            .unwrap_err();
+        assert!(error.to_string().contains("missing.toml"), "{error}");
+    }
 }

@@ -24,13 +24,15 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::auth::{Applications, ApplicationsError};
-use crate::config::IngestConfig;
+use crate::config::{ApplicationSourceError, IngestConfig};
 use crate::producer::EventProducer;
 use crate::rate_limit::{RateLimitError, RateLimits};
 use crate::routes::{api_router, operations_router, AppState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    ApplicationSource(#[from] ApplicationSourceError),
     #[error(transparent)]
     Applications(#[from] ApplicationsError),
     #[error(transparent)]
@@ -77,8 +79,9 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let applications = Applications::new(&config.applications)?;
-    let rate_limits = RateLimits::new(&config.applications, config.limits.max_batch_events)?;
+    let all_applications = config.all_applications()?;
+    let applications = Applications::new(&all_applications)?;
+    let rate_limits = RateLimits::new(&all_applications, config.limits.max_batch_events)?;
     let producer = Arc::new(EventProducer::new(&config.kafka, &config.producer)?);
     let state = Arc::new(AppState {
         applications,

@@ -9,7 +9,10 @@ use eye_ingest::config::IngestConfig;
 #[command(name = "eye-ingest", version)]
 struct Cli {
     /// Configuration file (TOML); `EYE_…` environment variables override it
-    /// (e.g. EYE_LISTEN, EYE_OPERATIONS_LISTEN, EYE_KAFKA__BROKERS, EYE_PRODUCER__TOPIC).
+    /// (e.g. EYE_LISTEN, EYE_OPERATIONS_LISTEN, EYE_KAFKA__BROKERS, EYE_PRODUCER__TOPIC). The
+    /// trusted applications may also come from EYE_APPLICATIONS_FILE (a TOML file of
+    /// `[[applications]]`) or EYE_APPLICATION_KEYS (`id:key_sha256,…`); without one it will not
+    /// start.
     #[arg(long, env = "EYE_INGEST_CONFIG")]
     config: Option<PathBuf>,
     /// Print the hex SHA-256 of an API key (for `key_sha256` in the configuration) and exit.
