@@ -96,3 +96,16 @@ async fn readme_queries_return_the_right_rows() {
     }
     processor.stop().await;
 }
+
+/// The event the README shows is the reference pageview the examples send.
+#[test]
+fn the_readme_shows_the_reference_pageview() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let shown = readme
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a JSON block in the README");
+    let shown: Value = serde_json::from_str(shown).expect("the README's event is JSON");
+    assert_eq!(shown, reference("pageview"));
+}

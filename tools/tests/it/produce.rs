@@ -25,7 +25,7 @@ async fn json_and_avro_files_produced_directly_land_in_events() {
         .iter()
         .map(|name| {
             let text =
-                std::fs::read_to_string(repo(&format!("../shared/examples/{name}.json"))).unwrap();
+                std::fs::read_to_string(repo(&format!("examples/events/{name}.json"))).unwrap();
             serde_json::from_str::<serde_json::Value>(&text)
                 .unwrap()
                 .to_string()

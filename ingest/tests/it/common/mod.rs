@@ -20,7 +20,7 @@ pub const BLOG_KEY: &str = "blog-key";
 
 pub fn reference_event(name: &str) -> String {
     let path = format!(
-        "{}/../../shared/examples/{name}.json",
+        "{}/../examples/events/{name}.json",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("reading {path}: {err}"))

@@ -28,7 +28,7 @@ pub fn repo(path: &str) -> PathBuf {
 }
 
 pub fn reference(name: &str) -> Value {
-    let path = repo(&format!("../shared/examples/{name}.json"));
+    let path = repo(&format!("examples/events/{name}.json"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
