@@ -147,6 +147,31 @@ mod tests {
         assert_eq!(loaded, Example::default());
     }
 
+    /// librdkafka's property names have dots; each must stay one key, not a nested table.
+    #[test]
+    fn a_librdkafka_property_from_the_file_keeps_its_dotted_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("example.toml");
+        std::fs::write(
+            &file,
+            "[kafka.librdkafka]\n\"security.protocol\" = \"ssl\"\n\"linger.ms\" = \"50\"\n",
+        )
+        .unwrap();
+        let loaded: Example = load_with_env(Some(&file), []).unwrap();
+        assert_eq!(
+            loaded
+                .kafka
+                .librdkafka
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("ssl")
+        );
+        assert_eq!(
+            loaded.kafka.librdkafka.get("linger.ms").map(String::as_str),
+            Some("50")
+        );
+    }
+
     #[test]
     fn missing_file_is_an_error() {
         let missing = Path::new("/nonexistent/eye.toml");
