@@ -3,10 +3,11 @@
 //! what librdkafka's Rust API lacks (bounded commits, headers with any name).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::bindings as native;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -15,6 +16,7 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 
 use crate::settings::KafkaSettings;
 
@@ -22,7 +24,7 @@ use crate::settings::KafkaSettings;
 pub enum TopicError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
-    #[error("creating topic {topic}: {code}")]
+    #[error("creating or describing topic {topic}: {code}")]
     Refused {
         topic: String,
         code: RDKafkaErrorCode,
@@ -62,17 +64,94 @@ pub fn acknowledged_producer(kafka: &KafkaSettings) -> Result<FutureProducer, Ka
     .create()
 }
 
-/// Creates each topic with `partitions` partitions (replication 1); a topic that already exists
-/// is left as it is.
+/// How a topic is created when it does not exist. An existing topic is left as it is: its
+/// operator created it, and [`finite_retention`] tells whether it keeps the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSettings {
+    pub partitions: i32,
+    /// Copies of each partition; absent: as many as the cluster has brokers, at most 3.
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas`; absent: one less than the copies, at least 1.
+    pub min_insync_replicas: Option<i32>,
+    /// Topic properties set at creation (`retention.ms`, `cleanup.policy`, …).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        Self::with_partitions(4)
+    }
+}
+
+/// The properties of a topic that keeps every message: the raw topic, which every table is
+/// rebuilt from.
+pub fn unbounded_retention() -> BTreeMap<String, String> {
+    [("retention.ms", "-1"), ("retention.bytes", "-1")]
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .into()
+}
+
+/// The properties of a topic whose latest message of a key is all that counts.
+pub fn compacted() -> BTreeMap<String, String> {
+    [("cleanup.policy".to_string(), "compact".to_string())].into()
+}
+
+impl TopicSettings {
+    /// `partitions`, the copies chosen from the cluster, the broker's default properties.
+    pub fn with_partitions(partitions: i32) -> Self {
+        Self {
+            partitions,
+            replication_factor: None,
+            min_insync_replicas: None,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// The largest replication factor chosen for a topic when its settings name none.
+const MAX_AUTOMATIC_REPLICATION: i32 = 3;
+
+/// Creates each topic that does not exist, as `settings` say; a topic that exists is left as it
+/// is.
 pub async fn create_topics(
     kafka: &KafkaSettings,
     topics: &[&str],
-    partitions: i32,
+    settings: &TopicSettings,
 ) -> Result<(), TopicError> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka, []).create()?;
+    let replication = match settings.replication_factor {
+        Some(copies) => copies,
+        None => {
+            let brokers = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))?
+                .brokers()
+                .len();
+            i32::try_from(brokers)
+                .unwrap_or(i32::MAX)
+                .clamp(1, MAX_AUTOMATIC_REPLICATION)
+        }
+    };
+    let min_insync = settings
+        .min_insync_replicas
+        .unwrap_or(replication - 1)
+        .max(1)
+        .to_string();
     let new_topics: Vec<NewTopic> = topics
         .iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .map(|name| {
+            let topic = NewTopic::new(
+                name,
+                settings.partitions,
+                TopicReplication::Fixed(replication),
+            )
+            .set("min.insync.replicas", &min_insync);
+            settings
+                .properties
+                .iter()
+                .fold(topic, |topic, (key, value)| topic.set(key, value))
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new_topics, &options).await? {
@@ -82,6 +161,34 @@ pub async fn create_topics(
         }
     }
     Ok(())
+}
+
+/// The topic's `retention.ms` and `retention.bytes` when either bounds the log (not -1); None
+/// when it keeps every message.
+pub async fn finite_retention(
+    kafka: &KafkaSettings,
+    topic: &str,
+) -> Result<Option<String>, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, []).create()?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+        .await?;
+    let mut bounds = Vec::new();
+    for resource in described {
+        let resource = resource.map_err(|code| TopicError::Refused {
+            topic: topic.to_string(),
+            code,
+        })?;
+        for name in ["retention.ms", "retention.bytes"] {
+            if let Some(value) = resource.get(name).and_then(|entry| entry.value.as_deref()) {
+                if value.trim() != "-1" {
+                    bounds.push(format!("{name}={value}"));
+                }
+            }
+        }
+    }
+    Ok((!bounds.is_empty()).then(|| bounds.join(", ")))
 }
 
 /// Whether the broker or the client refuses a message for what it is (too large, invalid), so no

@@ -43,7 +43,10 @@ where
                 .is_some_and(|first| sections.contains(&first.to_ascii_lowercase()))
         })
         .collect();
-    let mut builder = config::Config::builder().add_source(config::Config::try_from(&defaults)?);
+    // The defaults are not a source: the config crate would split a dotted map key of them
+    // (`"retention.ms"`) into nested tables. Every settings struct is `#[serde(default)]`, so
+    // what the file and the variables leave out is filled from `T::default()` as it is read.
+    let mut builder = config::Config::builder();
     if let Some(file) = file {
         builder = builder.add_source(config::File::from(file).required(true));
     }
@@ -170,6 +173,34 @@ mod tests {
             loaded.kafka.librdkafka.get("linger.ms").map(String::as_str),
             Some("50")
         );
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct WithProperties {
+        properties: BTreeMap<String, String>,
+        count: u32,
+    }
+
+    impl Default for WithProperties {
+        fn default() -> Self {
+            Self {
+                properties: [("retention.ms".to_string(), "-1".to_string())].into(),
+                count: 4,
+            }
+        }
+    }
+
+    /// A default map with dotted keys (topic properties) was split into nested tables, and no
+    /// service could load its defaults.
+    #[test]
+    fn a_default_with_dotted_keys_loads_as_it_is() {
+        let loaded: WithProperties = load_with_env(None, []).unwrap();
+        assert_eq!(loaded, WithProperties::default());
+        let env = [("EYE_COUNT".to_string(), "7".to_string())];
+        let loaded: WithProperties = load_with_env(None, env).unwrap();
+        assert_eq!(loaded.count, 7);
+        assert_eq!(loaded.properties, WithProperties::default().properties);
     }
 
     #[test]

@@ -94,16 +94,19 @@ impl Broker {
         })
     }
 
-    /// Creates each topic with `partitions` partitions; one that already exists is left as is.
-    /// Creates the topics that do not exist yet. Tried a few times: a sqlite broker that has
-    /// just started on an existing log can answer "database is locked" (an unknown error) while
-    /// it opens it.
-    pub fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
+    /// Creates the topics that do not exist yet, as `settings` say; one that already exists is
+    /// left as is. Tried a few times: a sqlite broker that has just started on an existing log
+    /// can answer "database is locked" (an unknown error) while it opens it.
+    pub fn create_topics(
+        &self,
+        topics: &[&str],
+        settings: &eye_core::kafka::TopicSettings,
+    ) -> Result<()> {
         const ATTEMPTS: usize = 5;
         let kafka = eye_core::settings::KafkaSettings::for_brokers(self.bootstrap());
         let mut attempt = 1;
         loop {
-            let created = eye_core::kafka::create_topics(&kafka, topics, partitions);
+            let created = eye_core::kafka::create_topics(&kafka, topics, settings);
             match futures::executor::block_on(created) {
                 Ok(()) => return Ok(()),
                 Err(error) if attempt < ATTEMPTS => {

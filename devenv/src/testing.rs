@@ -267,7 +267,7 @@ pub async fn new_topic(bootstrap: &str, prefix: &str, partitions: i32) -> String
     eye_core::kafka::create_topics(
         &eye_core::settings::KafkaSettings::for_brokers(bootstrap),
         &[&topic],
-        partitions,
+        &eye_core::kafka::TopicSettings::with_partitions(partitions),
     )
     .await
     .unwrap_or_else(|error| panic!("creating topic {topic}: {error}"));

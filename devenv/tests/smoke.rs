@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use clickhouse::Row;
-use eye_core::kafka::create_topics;
+use eye_core::kafka::{
+    compacted, create_topics, finite_retention, unbounded_retention, TopicSettings,
+};
 use eye_core::settings::KafkaSettings;
 use eye_devenv::broker::{Broker, Storage};
 use eye_devenv::testing::{services, start_broker, unique_name, OwnedBroker, PortTaken, Signal};
@@ -23,7 +25,53 @@ async fn topics_are_created_with_the_operators_overrides() {
         .librdkafka
         .insert("bootstrap.servers".into(), services().broker.bootstrap());
     let topic = unique_name("overrides");
-    create_topics(&kafka, &[&topic], 1).await.unwrap();
+    create_topics(&kafka, &[&topic], &TopicSettings::with_partitions(1))
+        .await
+        .unwrap();
+}
+
+/// A topic is created with its properties, and a raw topic that bounds its log is seen as such
+/// (the processor warns of it at start).
+#[tokio::test]
+async fn topics_keep_the_properties_they_were_created_with() {
+    let kafka = KafkaSettings::for_brokers(services().broker.bootstrap());
+    let whole = unique_name("whole_log");
+    let bounded = unique_name("bounded_log");
+    let sessions = unique_name("compacted");
+    let settings = |properties| TopicSettings {
+        properties,
+        ..TopicSettings::with_partitions(1)
+    };
+    create_topics(&kafka, &[&whole], &settings(unbounded_retention()))
+        .await
+        .unwrap();
+    let week = [("retention.ms".to_string(), "604800000".to_string())].into();
+    create_topics(&kafka, &[&bounded], &settings(week))
+        .await
+        .unwrap();
+    create_topics(&kafka, &[&sessions], &settings(compacted()))
+        .await
+        .unwrap();
+    assert_eq!(finite_retention(&kafka, &whole).await.unwrap(), None);
+    assert_eq!(
+        finite_retention(&kafka, &bounded).await.unwrap().as_deref(),
+        Some("retention.ms=604800000")
+    );
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        eye_core::kafka::client_config(&kafka, []).create().unwrap();
+    let described = admin
+        .describe_configs(
+            &[rdkafka::admin::ResourceSpecifier::Topic(&sessions)],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let policy = described[0]
+        .as_ref()
+        .unwrap()
+        .get("cleanup.policy")
+        .and_then(|entry| entry.value.clone());
+    assert_eq!(policy.as_deref(), Some("compact"));
 }
 
 #[tokio::test]
@@ -31,9 +79,13 @@ async fn kafka_round_trip_with_committed_offset() {
     let bootstrap = services().broker.bootstrap();
     let topic = unique_name("smoke");
     let group = unique_name("smoke_group");
-    create_topics(&KafkaSettings::for_brokers(&bootstrap), &[&topic], 3)
-        .await
-        .unwrap();
+    create_topics(
+        &KafkaSettings::for_brokers(&bootstrap),
+        &[&topic],
+        &TopicSettings::with_partitions(3),
+    )
+    .await
+    .unwrap();
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -133,9 +185,13 @@ async fn sqlite_broker_keeps_log_and_committed_offsets_across_a_restart() {
     let bootstrap = broker.bootstrap();
     let topic = unique_name("durable");
     let group = unique_name("durable_group");
-    create_topics(&KafkaSettings::for_brokers(&bootstrap), &[&topic], 1)
-        .await
-        .unwrap();
+    create_topics(
+        &KafkaSettings::for_brokers(&bootstrap),
+        &[&topic],
+        &TopicSettings::with_partitions(1),
+    )
+    .await
+    .unwrap();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()

@@ -22,16 +22,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let (validator, sink) = start::prepare(&config).await?;
+    let topics = &config.topics;
+    eye_core::kafka::create_topics(
+        &config.kafka,
+        &[&config.consumer.topic],
+        &topics.settings(topics.raw_partitions, &topics.raw),
+    )
+    .await?;
+    start::check_raw_retention(&config).await;
     eye_core::kafka::create_topics(
         &config.kafka,
         &[&config.dead_letter.topic],
-        config.dead_letter.partitions,
+        &topics.settings(config.dead_letter.partitions, &topics.dead_letter),
     )
     .await?;
     eye_core::kafka::create_topics(
         &config.kafka,
         &[&config.alerts.topic],
-        config.alerts.partitions,
+        &topics.settings(config.alerts.partitions, &topics.alerts),
     )
     .await?;
     let session_updates = start::session_updates(&config, &sink).await?;

@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use eye_core::schemas::{SchemaError, SchemaRegistry, TopicSchema};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tracing::warn;
 
 use crate::alerts::AlertError;
 use crate::config::ProcessorConfig;
@@ -70,7 +71,14 @@ pub async fn session_updates(
     if !settings.enabled {
         return Ok(None);
     }
-    eye_core::kafka::create_topics(&config.kafka, &[&settings.topic], settings.partitions).await?;
+    eye_core::kafka::create_topics(
+        &config.kafka,
+        &[&settings.topic],
+        &config
+            .topics
+            .settings(settings.partitions, &config.topics.sessions),
+    )
+    .await?;
     let schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/session.avsc"))?;
     let updates = SessionUpdates::new(settings, &config.kafka, sink, schema).map_err(|source| {
         StartError::Producer {
@@ -140,4 +148,20 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
 async fn render_metrics(State(health): State<Health>) -> String {
     health.metrics.run_upkeep();
     health.metrics.render()
+}
+
+/// Warns when the raw topic bounds its log: a replay after that rebuilds every table from what is
+/// left, silently missing the rest. Not an error: an operator may bound it on purpose.
+pub async fn check_raw_retention(config: &ProcessorConfig) {
+    match eye_core::kafka::finite_retention(&config.kafka, &config.consumer.topic).await {
+        Ok(None) => {}
+        Ok(Some(bounds)) => warn!(
+            topic = %config.consumer.topic,
+            %bounds,
+            "the raw topic's retention is finite: a replay rebuilds the tables from what is left of the log"
+        ),
+        Err(error) => {
+            warn!(topic = %config.consumer.topic, %error, "could not read the raw topic's retention")
+        }
+    }
 }

@@ -193,7 +193,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 eye_core::kafka::create_topics(
                     &eye_core::settings::KafkaSettings::for_brokers(&args.brokers),
                     &[&args.topic],
-                    args.partitions,
+                    &eye_core::kafka::TopicSettings::with_partitions(args.partitions),
                 )
                 .await
                 .context("creating the topic")?;

@@ -68,6 +68,13 @@ fn compose_creates_the_topic_ingest_produces_to() {
         .collect();
     let topic = command[command.iter().position(|part| *part == "--topic").unwrap() + 1];
     assert_eq!(topic, DEFAULT_RAW_TOPIC);
+    // The source of truth keeps every message, as the processor would create it.
+    let configs: Vec<&str> = command
+        .windows(2)
+        .filter(|pair| pair[0] == "--config")
+        .map(|pair| pair[1])
+        .collect();
+    assert_eq!(configs, ["retention.ms=-1", "retention.bytes=-1"]);
     for service in ["kafka", "clickhouse", "ingest", "processor"] {
         assert!(
             compose["services"][service].is_mapping(),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
-use eye_core::kafka::create_topics;
+use eye_core::kafka::{create_topics, TopicSettings};
 use eye_core::settings::KafkaSettings;
 use eye_ingest::config::IngestConfig;
 use eye_ingest::producer::client_config;
@@ -66,7 +66,12 @@ impl Broker {
         let topic = format!("eye.bench.{purpose}.{}", Uuid::now_v7().simple());
         match self {
             Broker::External(brokers) => {
-                create_topics(&KafkaSettings::for_brokers(brokers), &[&topic], 4).await?
+                create_topics(
+                    &KafkaSettings::for_brokers(brokers),
+                    &[&topic],
+                    &TopicSettings::with_partitions(4),
+                )
+                .await?
             }
             Broker::Mock(cluster) => cluster.create_topic(&topic, 4, 1)?,
         }

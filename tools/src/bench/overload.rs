@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use eye_core::kafka::create_topics;
+use eye_core::kafka::{create_topics, TopicSettings};
 use eye_core::raw::EVENT_ID_HEADER;
 use eye_core::settings::KafkaSettings;
 use eye_ingest::routes::Accepted;
@@ -54,7 +54,12 @@ struct Observed {
 
 pub async fn run(args: OverloadBench) -> anyhow::Result<()> {
     let topic = format!("eye.bench.overload.{}", Uuid::now_v7().simple());
-    create_topics(&KafkaSettings::for_brokers(&args.brokers), &[&topic], 4).await?;
+    create_topics(
+        &KafkaSettings::for_brokers(&args.brokers),
+        &[&topic],
+        &TopicSettings::with_partitions(4),
+    )
+    .await?;
     let bridge = args.bridge.start(&args.brokers, &topic).await?;
     let idle_rss = peak_rss_kib(bridge.service.pid());
     println!("bridge peak RSS at rest: {} MiB", idle_rss / 1024);

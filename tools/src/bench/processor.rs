@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use eye_core::kafka::create_topics;
+use eye_core::kafka::{create_topics, TopicSettings};
 use eye_core::settings::KafkaSettings;
 use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -66,7 +66,7 @@ pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
     create_topics(
         &KafkaSettings::for_brokers(&args.brokers),
         &[&topic],
-        args.partitions,
+        &TopicSettings::with_partitions(args.partitions),
     )
     .await?;
 

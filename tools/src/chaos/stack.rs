@@ -223,7 +223,7 @@ impl Stack {
         eye_core::kafka::create_topics(
             &eye_core::settings::KafkaSettings::for_brokers(stack.broker.bootstrap()),
             &[RAW_TOPIC],
-            PARTITIONS,
+            &eye_core::kafka::TopicSettings::with_partitions(PARTITIONS),
         )
         .await?;
         stack.processor.start()?;

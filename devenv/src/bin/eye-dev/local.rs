@@ -144,7 +144,14 @@ pub fn up(state: &Path, ports: &Ports) -> Result<()> {
 
     clickhouse.wait_ready(READY_TIMEOUT)?;
     broker.wait_ready(READY_TIMEOUT)?;
-    broker.create_topics(&[RAW_TOPIC], ports.partitions)?;
+    // The source of truth: kept whole, as the processor would create it.
+    broker.create_topics(
+        &[RAW_TOPIC],
+        &eye_core::kafka::TopicSettings {
+            properties: eye_core::kafka::unbounded_retention(),
+            ..eye_core::kafka::TopicSettings::with_partitions(ports.partitions)
+        },
+    )?;
     Ok(())
 }
 
