@@ -99,6 +99,8 @@ impl IngestConfig {
     }
 }
 
+/// Not `eye_core::settings::load`: that infers the format from the extension, and a mounted
+/// secret has none.
 fn read_applications_file(path: &Path) -> Result<Vec<Application>, ApplicationSourceError> {
     let failed = |source| ApplicationSourceError::File {
         path: path.to_path_buf(),
@@ -260,6 +262,23 @@ mod tests {
             })
         );
         assert!(applications.iter().all(|app| app.key_sha256 == HASH));
+    }
+
+    /// A mounted secret has no extension (compose: /run/secrets/eye-applications); it is read
+    /// as TOML all the same.
+    #[test]
+    fn an_applications_file_without_an_extension_is_read_as_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("eye-applications");
+        std::fs::write(
+            &file,
+            format!("[[applications]]\nid = \"shop\"\nkey_sha256 = \"{HASH}\"\n"),
+        )
+        .unwrap();
+        let config = load(&[("EYE_APPLICATIONS_FILE", file.to_str().unwrap())]);
+        let applications = config.all_applications().unwrap();
+        assert_eq!(applications.len(), 1);
+        assert_eq!(applications[0].id, "shop");
     }
 
     #[test]
