@@ -29,6 +29,8 @@ pub enum TopicError {
         topic: String,
         code: RDKafkaErrorCode,
     },
+    #[error("topic {0} does not exist")]
+    Missing(String),
 }
 
 /// A client configuration: `kafka.brokers`, then the client's own `properties`, then the
@@ -161,6 +163,20 @@ pub async fn create_topics(
         }
     }
     Ok(())
+}
+
+/// How many partitions `topic` has.
+pub async fn partition_count(kafka: &KafkaSettings, topic: &str) -> Result<i32, TopicError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, []).create()?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let described = metadata
+        .topics()
+        .first()
+        .filter(|described| described.error().is_none() && !described.partitions().is_empty())
+        .ok_or_else(|| TopicError::Missing(topic.to_string()))?;
+    Ok(described.partitions().len() as i32)
 }
 
 /// The topic's `retention.ms` and `retention.bytes` when either bounds the log (not -1); None

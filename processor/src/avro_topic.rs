@@ -115,6 +115,11 @@ impl AvroTopic {
             .map_err(|(error, _)| error.into())
     }
 
+    /// The producer, for another topic that must be flushed with this one.
+    pub fn producer(&self) -> FutureProducer {
+        self.producer.clone()
+    }
+
     /// Waits until every message handed over is acknowledged or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)

@@ -69,6 +69,9 @@ pub struct Topics {
     /// Properties of the session topic: by default compacted, since a key's latest message is
     /// the session.
     pub sessions: BTreeMap<String, String>,
+    /// Properties of the session changelog (`session_updates.state_topic`): by default compacted,
+    /// segments rolled hourly so compaction can reach them.
+    pub session_state: BTreeMap<String, String>,
     /// Properties of the dead-letter topic (the broker's defaults unless set).
     pub dead_letter: BTreeMap<String, String>,
     /// Properties of the alert topic (the broker's defaults unless set).
@@ -83,10 +86,19 @@ impl Default for Topics {
             raw_partitions: 4,
             raw: unbounded_retention(),
             sessions: compacted(),
+            session_state: session_state_properties(),
             dead_letter: BTreeMap::new(),
             alerts: BTreeMap::new(),
         }
     }
+}
+
+/// Compacted, as the session topic; the active segment is never compacted, so it rolls hourly
+/// (Kafka's default is a week): a restore reads little more than the open sessions.
+fn session_state_properties() -> BTreeMap<String, String> {
+    let mut properties = compacted();
+    properties.insert("segment.ms".into(), "3600000".into());
+    properties
 }
 
 impl Topics {
@@ -109,8 +121,8 @@ impl Topics {
 mod tests {
     use super::*;
 
-    /// The raw topic keeps its log and the session topic is compacted, by default and in the
-    /// local config file that documents the section.
+    /// The raw topic keeps its log and the session topic and changelog are compacted, by default
+    /// and in the local config file that documents the section.
     #[test]
     fn the_raw_topic_keeps_every_message_and_the_session_topic_is_compacted() {
         let file =
@@ -121,6 +133,7 @@ mod tests {
             assert_eq!(raw.properties, unbounded_retention());
             assert_eq!(raw.replication_factor, None, "chosen from the cluster");
             assert_eq!(topics.sessions, compacted());
+            assert_eq!(topics.session_state, session_state_properties());
             assert!(topics.dead_letter.is_empty() && topics.alerts.is_empty());
         }
     }

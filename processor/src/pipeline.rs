@@ -12,9 +12,10 @@
 //! the processor's thread and ClickHouse work at once.
 //!
 //! A batch's session updates, from the sessions held in memory
-//! ([`session_state`](crate::session_state)), are handed to the producer as soon as its rows are
-//! in, before reading goes on, and acknowledged while the next batch is read; its offsets are
-//! stored once they are.
+//! ([`session_state`](crate::session_state)), and those sessions' states for their changelog are
+//! handed to the producer as soon as its rows are in, before reading goes on, and acknowledged
+//! while the next batch is read; its offsets are stored once they are. A batch after an
+//! assignment first waits for them, since restoring reads the changelog to its end.
 //! A rebalance (which happens while reading, also while a batch is inserted) first waits for the
 //! producer's acknowledgements, so the partitions' next owner publishes after this processor,
 //! never before; the rows of revoked partitions in a batch being inserted are written but neither
@@ -41,6 +42,7 @@ use crate::batch::Batch;
 use crate::dead_letter::DeadLetterSink;
 use crate::readiness::Readiness;
 use crate::rows::{ErrorRow, FailedMessage, WatermarkRow};
+use crate::session_state::changelog::{Changelog, Pending, Refused};
 use crate::session_state::SessionStates;
 use crate::session_updates::{InFlight, SessionUpdates};
 use crate::sink::{ClickHouseSink, SinkError};
@@ -55,9 +57,11 @@ const IDLE_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a rebalance waits for the session updates handed to the producer.
 const RELEASE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A written batch whose session updates are being acknowledged; its offsets wait for them.
+/// A written batch whose session updates and states are being acknowledged; its offsets wait
+/// for them.
 struct Publishing {
-    task: JoinHandle<()>,
+    /// Ends with the sessions whose states the changelog refused.
+    task: JoinHandle<Refused>,
     next_offsets: BTreeMap<i32, i64>,
 }
 
@@ -281,6 +285,10 @@ impl Pipeline {
         let mut isolated = false;
         if let Some(states) = &mut self.session_states {
             states.ownership_changed(self.source.take_ownership_changes());
+            // A restore reads the changelog to its end: the previous batch's states first.
+            if states.restore_pending() {
+                self.finish_publishing().await;
+            }
         }
         loop {
             self.prepare_session_states().await;
@@ -331,11 +339,16 @@ impl Pipeline {
                 let changes = states.apply(batch);
                 // Handed over now, before reading goes on (see the module's comment).
                 let in_flight = session_updates.enqueue(changes.summaries);
+                let stored = states.changelog().map(|changelog| {
+                    let pending = changelog.enqueue(changes.stored);
+                    (changelog, pending)
+                });
                 self.publishing = Some(Publishing {
                     task: tokio::spawn(publish_until_done(
                         session_updates.clone(),
                         in_flight,
                         changes.read_back,
+                        stored,
                         self.readiness.clone(),
                     )),
                     next_offsets: batch.next_offsets.clone(),
@@ -355,12 +368,17 @@ impl Pipeline {
     }
 
     fn complete_publishing(
-        &self,
+        &mut self,
         next_offsets: BTreeMap<i32, i64>,
-        outcome: Result<(), JoinError>,
+        outcome: Result<Refused, JoinError>,
     ) {
         match outcome {
-            Ok(()) => self.source.store_offsets(&next_offsets),
+            Ok(refused) => {
+                if let Some(states) = &mut self.session_states {
+                    states.forget(refused);
+                }
+                self.source.store_offsets(&next_offsets)
+            }
             Err(error) => {
                 error!(%error, "publishing session updates failed; their batch will be read again after a restart")
             }
@@ -483,16 +501,22 @@ impl Pipeline {
     }
 }
 
-/// Waits for the enqueued session updates, then publishes what is left (updates to send again,
-/// sessions read back from ClickHouse), retrying with backoff until they are out.
+/// Waits for the enqueued session updates and states, then publishes what is left (updates to
+/// send again, sessions read back from ClickHouse), retrying with backoff until they are out;
+/// ends with the sessions whose states the changelog refused.
 async fn publish_until_done(
     session_updates: Arc<SessionUpdates>,
     mut in_flight: InFlight,
     read_back: BTreeSet<(String, Uuid)>,
+    stored: Option<(Arc<Changelog>, Pending)>,
     readiness: Arc<Readiness>,
-) {
+) -> Refused {
     let started = Instant::now();
     let mut backoff = Duration::from_secs(1);
+    let refused = match stored {
+        Some((changelog, pending)) => changelog.complete(pending, &readiness).await,
+        None => Refused::new(),
+    };
     session_updates.complete(&mut in_flight).await;
     while let Err(error) = session_updates.publish(&in_flight.retry, &read_back).await {
         readiness.set_outputs_healthy(false);
@@ -503,10 +527,11 @@ async fn publish_until_done(
     }
     readiness.set_outputs_healthy(true);
     histogram!("eye_processor_session_updates_seconds").record(started.elapsed().as_secs_f64());
+    refused
 }
 
 /// The publishing task's outcome once it is done (never when there is none).
-async fn published(publishing: &mut Option<Publishing>) -> Result<(), JoinError> {
+async fn published(publishing: &mut Option<Publishing>) -> Result<Refused, JoinError> {
     match publishing {
         Some(publishing) => (&mut publishing.task).await,
         None => std::future::pending().await,

@@ -147,7 +147,12 @@ pub async fn replay(
         sink.clone(),
         Outputs {
             dead_letters: None,
-            session_updates: start::session_updates(&config, &sink).await?,
+            session_updates: start::session_updates(
+                &config,
+                &sink,
+                start::SessionChangelog::Untouched,
+            )
+            .await?,
         },
         start::readiness(&config),
     )?;

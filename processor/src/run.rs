@@ -42,7 +42,8 @@ pub async fn run(
         &topics.settings(config.alerts.partitions, &topics.alerts),
     )
     .await?;
-    let session_updates = start::session_updates(&config, &sink).await?;
+    let session_updates =
+        start::session_updates(&config, &sink, start::SessionChangelog::Kept).await?;
     let alert_schema = TopicSchema::load(&config.schemas_dir.join("avro/topics/alert.avsc"))?;
     let dead_letters =
         DeadLetterSink::new(&config.kafka, &config.dead_letter, &config.consumer.topic).map_err(

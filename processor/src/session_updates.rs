@@ -46,6 +46,14 @@ pub struct SessionUpdateSettings {
     pub idle_seconds: u64,
     /// Sessions the filter of those ClickHouse may hold is sized for (about 1.2 bytes each).
     pub known_sessions_capacity: usize,
+    /// The changelog of the sessions in memory: compacted, a partition for each of the raw
+    /// topic's; a processor assigned a partition restores its sessions from it. Absent:
+    /// `<consumer.group_id>-<consumer.topic>-session-state`, one for each group and raw topic
+    /// (as a Kafka Streams application's changelog is its own).
+    pub state_topic: Option<String>,
+    /// How long restoring an assignment's sessions may take; past it they are read back from
+    /// ClickHouse instead.
+    pub restore_timeout_ms: u64,
 }
 
 impl Default for SessionUpdateSettings {
@@ -57,6 +65,8 @@ impl Default for SessionUpdateSettings {
             max_sessions_in_memory: 1_000_000,
             idle_seconds: 3_600,
             known_sessions_capacity: 10_000_000,
+            state_topic: None,
+            restore_timeout_ms: 60_000,
         }
     }
 }
@@ -148,6 +158,11 @@ impl SessionUpdates {
             client: sink.client(),
             request_timeout: sink.request_timeout(),
         })
+    }
+
+    /// The topic's producer: the session changelog writes through it, so one flush covers both.
+    pub fn producer(&self) -> rdkafka::producer::FutureProducer {
+        self.topic.producer()
     }
 
     /// Hands the messages of `summaries` to the producer now, before the raw topic is read on
@@ -309,7 +324,7 @@ fn optional_path(path: &str) -> Option<Cow<'_, str>> {
 }
 
 /// The path, or its first [`MAX_PATH_BYTES`] bytes (less the marker) and the marker.
-fn bounded_path(path: &str) -> Cow<'_, str> {
+pub fn bounded_path(path: &str) -> Cow<'_, str> {
     if path.len() <= MAX_PATH_BYTES {
         return Cow::Borrowed(path);
     }

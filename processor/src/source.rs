@@ -141,7 +141,7 @@ impl RawTopic {
                 consumer.assign(&assignment)?;
                 let mut progress = lock(&progress);
                 progress.assigned = start.keys().copied().collect();
-                progress.ownership_changes.assigned = true;
+                progress.ownership_changes.assigned = progress.assigned.clone();
                 progress.stored = start.clone();
             }
         }
@@ -286,8 +286,8 @@ impl RawTopic {
 #[derive(Debug, Default)]
 pub struct OwnershipChanges {
     pub revoked: BTreeSet<i32>,
-    /// Partitions were assigned (a range source's are, once, at the start).
-    pub assigned: bool,
+    /// The partitions assigned (a range source's are, once, at the start).
+    pub assigned: BTreeSet<i32>,
 }
 
 /// What the consume loop and the rebalance callback share.
@@ -397,8 +397,8 @@ impl ConsumerContext for SourceContext {
                     .collect();
                 info!(?assigned, "partitions assigned");
                 let mut progress = lock(&self.progress);
-                progress.assigned.extend(assigned);
-                progress.ownership_changes.assigned = true;
+                progress.assigned.extend(&assigned);
+                progress.ownership_changes.assigned.extend(assigned);
                 self.set_assigned(&mut progress);
                 return;
             }
@@ -428,6 +428,8 @@ impl ConsumerContext for SourceContext {
             let mut progress = lock(&self.progress);
             for partition in &revoked {
                 progress.ownership_changes.revoked.insert(*partition);
+                // Assigned then revoked before the pipeline looked: not this processor's now.
+                progress.ownership_changes.assigned.remove(partition);
                 progress.assigned.remove(partition);
                 progress.caught_up.remove(partition);
                 if let Some(offset) = progress.stored.remove(partition) {

@@ -16,6 +16,7 @@ use crate::alerts::AlertError;
 use crate::config::ProcessorConfig;
 use crate::pipeline::{Outputs, Pipeline};
 use crate::readiness::Readiness;
+use crate::session_state::changelog::Changelog;
 use crate::session_state::SessionStates;
 use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, SinkError};
@@ -36,6 +37,12 @@ pub enum StartError {
     Producer {
         topic: String,
         source: rdkafka::error::KafkaError,
+    },
+    #[error("the session changelog {topic} has {partitions} partitions, fewer than the raw topic's {raw_partitions}: add partitions to it (kafka-topics --alter --partitions {raw_partitions}) or name a new topic in session_updates.state_topic")]
+    ChangelogPartitions {
+        topic: String,
+        partitions: i32,
+        raw_partitions: i32,
     },
     #[error(transparent)]
     Alerts(#[from] AlertError),
@@ -61,11 +68,21 @@ pub async fn prepare(config: &ProcessorConfig) -> Result<(Validator, ClickHouseS
     Ok((validator, sink))
 }
 
-/// The session-topic publisher, its topic created, and the sessions held in memory, when
-/// enabled.
+/// How a start treats the session changelog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionChangelog {
+    /// The live processor: restores from it and writes it.
+    Kept,
+    /// A replay: the live processor keeps it.
+    Untouched,
+}
+
+/// The session-topic publisher, its topic created, and the sessions held in memory (with their
+/// changelog, its topic created, when kept), when enabled.
 pub async fn session_updates(
     config: &ProcessorConfig,
     sink: &ClickHouseSink,
+    changelog: SessionChangelog,
 ) -> Result<Option<(SessionUpdates, SessionStates)>, StartError> {
     let settings = &config.session_updates;
     if !settings.enabled {
@@ -86,12 +103,56 @@ pub async fn session_updates(
             source,
         }
     })?;
+    let changelog = match changelog {
+        SessionChangelog::Kept => Some(Arc::new(session_changelog(config, &updates).await?)),
+        SessionChangelog::Untouched => None,
+    };
     let states = SessionStates::new(
         settings.max_sessions_in_memory,
         settings.idle_seconds,
         settings.known_sessions_capacity,
+        changelog,
     );
     Ok(Some((updates, states)))
+}
+
+/// The changelog of the sessions in memory, its topic created with a partition for each of the
+/// raw topic's (partition `p` keeps the sessions of raw partition `p`).
+async fn session_changelog(
+    config: &ProcessorConfig,
+    updates: &SessionUpdates,
+) -> Result<Changelog, StartError> {
+    let settings = &config.session_updates;
+    let state_topic = settings.state_topic.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}-session-state",
+            config.consumer.group_id, config.consumer.topic
+        )
+    });
+    let raw_partitions =
+        eye_core::kafka::partition_count(&config.kafka, &config.consumer.topic).await?;
+    eye_core::kafka::create_topics(
+        &config.kafka,
+        &[&state_topic],
+        &config
+            .topics
+            .settings(raw_partitions, &config.topics.session_state),
+    )
+    .await?;
+    let state_partitions = eye_core::kafka::partition_count(&config.kafka, &state_topic).await?;
+    if state_partitions < raw_partitions {
+        return Err(StartError::ChangelogPartitions {
+            topic: state_topic,
+            partitions: state_partitions,
+            raw_partitions,
+        });
+    }
+    Ok(Changelog::new(
+        &state_topic,
+        updates.producer(),
+        &config.kafka,
+        Duration::from_millis(settings.restore_timeout_ms),
+    ))
 }
 
 /// The pipeline over `source`, configured by `config`.

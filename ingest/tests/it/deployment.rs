@@ -217,9 +217,16 @@ fn clickhouse_is_on_the_compose_network_only_and_needs_a_password() {
 }
 
 #[test]
-fn every_long_running_service_restarts_and_only_the_api_is_published() {
+fn every_long_running_service_restarts_and_only_the_api_and_local_grafana_are_published() {
     let compose = compose();
-    for name in ["kafka", "clickhouse", "ingest", "processor"] {
+    for name in [
+        "kafka",
+        "clickhouse",
+        "ingest",
+        "processor",
+        "prometheus",
+        "grafana",
+    ] {
         assert_eq!(
             service(&compose, name)["restart"].as_str(),
             Some("unless-stopped"),
@@ -242,7 +249,10 @@ fn every_long_running_service_restarts_and_only_the_api_is_published() {
                 .map(move |port| (name.as_str().unwrap(), port.as_str().unwrap()))
         })
         .collect();
-    assert_eq!(published, [("ingest", "8080:8080")]);
+    assert_eq!(
+        published,
+        [("ingest", "8080:8080"), ("grafana", "127.0.0.1:3000:3000")]
+    );
     let ingest = environment(&compose, "ingest");
     let port = |name: &str| {
         ingest
@@ -263,4 +273,151 @@ fn the_build_context_leaves_out_build_output_state_history_and_secrets() {
             "{path} in .dockerignore"
         );
     }
+}
+
+fn yaml_file(path: &str) -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(repo_file(path)).unwrap())
+        .unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+/// The port of a service's `EYE_…` listen address in compose.
+fn listen_port(compose: &Value, service: &str, variable: &str) -> String {
+    environment(compose, service)
+        .into_iter()
+        .find(|(name, _)| name == variable)
+        .and_then(|(_, address)| address.rsplit(':').next().map(str::to_string))
+        .unwrap_or_else(|| panic!("{service} sets {variable}"))
+}
+
+/// The mount of `source` (a path in the repository) in a service: where the container sees it.
+fn mount_target(service: &Value, source: &str) -> String {
+    service["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|volume| volume.as_str())
+        .find_map(|volume| {
+            let mut parts = volume.split(':');
+            (parts.next() == Some(source)).then(|| parts.next().unwrap().to_string())
+        })
+        .unwrap_or_else(|| panic!("{source} is mounted"))
+}
+
+#[test]
+fn the_monitoring_profile_scrapes_both_services_and_provisions_the_dashboard() {
+    let compose = compose();
+    for name in ["prometheus", "grafana"] {
+        let profiles = service(&compose, name)["profiles"].as_sequence().unwrap();
+        assert_eq!(profiles.len(), 1);
+        assert_eq!(profiles[0].as_str(), Some("monitoring"), "{name}'s profile");
+    }
+    // Prometheus scrapes each service's metrics port on the compose network.
+    let prometheus = service(&compose, "prometheus");
+    assert_eq!(
+        mount_target(prometheus, "./docker/prometheus/prometheus.yml"),
+        "/etc/prometheus/prometheus.yml"
+    );
+    let scrape = yaml_file("docker/prometheus/prometheus.yml");
+    let targets: Vec<&str> = scrape["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|job| job["static_configs"].as_sequence().unwrap())
+        .flat_map(|config| config["targets"].as_sequence().unwrap())
+        .map(|target| target.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            format!(
+                "ingest:{}",
+                listen_port(&compose, "ingest", "EYE_OPERATIONS_LISTEN")
+            ),
+            format!(
+                "processor:{}",
+                listen_port(&compose, "processor", "EYE_LISTEN")
+            ),
+        ]
+    );
+    // Grafana: provisioning and dashboards mounted where the provisioning files say.
+    let grafana = service(&compose, "grafana");
+    let provisioning = mount_target(grafana, "./docker/grafana/provisioning");
+    assert_eq!(provisioning, "/etc/grafana/provisioning");
+    let dashboards_dir = mount_target(grafana, "./docker/grafana/dashboards");
+    let providers = yaml_file("docker/grafana/provisioning/dashboards/the-eye.yml");
+    assert_eq!(
+        providers["providers"][0]["options"]["path"].as_str(),
+        Some(dashboards_dir.as_str())
+    );
+    // Every data source a panel names is provisioned, and points at a compose service.
+    let sources = yaml_file("docker/grafana/provisioning/datasources/the-eye.yml");
+    let sources = sources["datasources"].as_sequence().unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("docker/grafana/dashboards/the-eye.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for panel in panels.iter().filter(|panel| panel["type"] != "row") {
+        let uid = panel["datasource"]["uid"].as_str().unwrap();
+        let source = sources
+            .iter()
+            .find(|source| source["uid"].as_str() == Some(uid))
+            .unwrap_or_else(|| panic!("panel {} names data source {uid}", panel["title"]));
+        assert_eq!(
+            source["type"].as_str(),
+            panel["datasource"]["type"].as_str(),
+            "{uid}"
+        );
+    }
+    for source in sources {
+        let host = source["url"]
+            .as_str()
+            .and_then(|url| url.split("//").nth(1))
+            .and_then(|rest| rest.split(':').next())
+            .or_else(|| source["jsonData"]["host"].as_str())
+            .unwrap();
+        assert!(
+            service(&compose, host).is_mapping(),
+            "data source host {host}"
+        );
+    }
+    // The ClickHouse source signs in as the processor's user, with the password from outside.
+    let clickhouse_source = sources
+        .iter()
+        .find(|source| source["type"] == "grafana-clickhouse-datasource")
+        .unwrap();
+    let clickhouse = environment(&compose, "clickhouse");
+    let clickhouse_user = clickhouse
+        .iter()
+        .find(|(name, _)| name == "CLICKHOUSE_USER")
+        .map(|(_, user)| user.as_str());
+    assert_eq!(
+        clickhouse_source["jsonData"]["username"].as_str(),
+        clickhouse_user
+    );
+    assert_eq!(
+        clickhouse_source["secureJsonData"]["password"].as_str(),
+        Some("$CLICKHOUSE_PASSWORD")
+    );
+    let grafana_environment = environment(&compose, "grafana");
+    let variable = |name: &str| {
+        grafana_environment
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .unwrap_or_else(|| panic!("grafana sets {name}"))
+    };
+    assert!(variable("CLICKHOUSE_PASSWORD").starts_with("${CLICKHOUSE_PASSWORD:?"));
+    // No default admin password: Grafana refuses to start without one.
+    assert_eq!(
+        variable("GF_SECURITY_ADMIN_PASSWORD"),
+        "${GRAFANA_ADMIN_PASSWORD:-}"
+    );
+    let entrypoint = grafana["entrypoint"].as_sequence().unwrap();
+    assert!(entrypoint
+        .last()
+        .and_then(|script| script.as_str())
+        .is_some_and(|script| script.starts_with("test -n \"$$GF_SECURITY_ADMIN_PASSWORD\" ||")));
+    assert_eq!(variable("GF_AUTH_ANONYMOUS_ENABLED"), "false");
 }

@@ -48,6 +48,14 @@ impl<T: Ord + Hash + Copy> CompactSet<T> {
             CompactSet::Large(members) => members.len(),
         }
     }
+
+    /// The members, in no particular order.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            CompactSet::Small(members) => members.clone(),
+            CompactSet::Large(members) => members.iter().copied().collect(),
+        }
+    }
 }
 
 /// A session's valid events as (event id, type) pairs, counting the distinct ids as it goes
@@ -87,6 +95,11 @@ impl TypedEvents {
             (CompactSet::Small(_), _) => {}
         }
         new_pair
+    }
+
+    /// Every (event id, type) pair, in no particular order.
+    pub fn pairs(&self) -> Vec<(Uuid, TypeId)> {
+        self.pairs.to_vec()
     }
 
     pub fn distinct_ids(&self) -> u64 {

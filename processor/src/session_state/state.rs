@@ -4,9 +4,11 @@
 
 use uuid::Uuid;
 
+use super::changelog::StoredSession;
 use super::sets::{CompactSet, TypedEvents};
 use super::stable_hash;
 use crate::rows::{ErrorRow, EventRow, SessionSummary};
+use crate::session_updates::bounded_path;
 
 /// An event type, numbered by [`TypeNames`] so each event of a session costs a few bytes.
 pub type TypeId = u32;
@@ -150,6 +152,102 @@ impl SessionState {
     }
 }
 
+impl SessionState {
+    /// The session as the changelog keeps it.
+    pub fn to_stored(
+        &self,
+        application: &str,
+        session_id: Uuid,
+        types: &TypeNames,
+    ) -> StoredSession {
+        // This session's types, numbered in the order first met.
+        let mut local_types: Vec<TypeId> = Vec::new();
+        let events = self
+            .events
+            .pairs()
+            .into_iter()
+            .map(|(event_id, type_id)| {
+                let index = match local_types.iter().position(|&known| known == type_id) {
+                    Some(index) => index,
+                    None => {
+                        local_types.push(type_id);
+                        local_types.len() - 1
+                    }
+                };
+                (event_id, index as u32)
+            })
+            .collect();
+        let end = |end: &Option<(PageviewOrder, String)>| {
+            end.as_ref().map(|((at_us, (last, first)), path)| {
+                (
+                    *at_us,
+                    Uuid::from_u64_pair(*first, *last),
+                    bounded_path(path).into_owned(),
+                )
+            })
+        };
+        StoredSession {
+            application: application.to_string(),
+            session_id,
+            partition: self.partition,
+            first_us: self.first_us,
+            last_us: self.last_us,
+            types: local_types
+                .into_iter()
+                .map(|type_id| types.name(type_id).clone())
+                .collect(),
+            events,
+            entry: end(&self.entry),
+            exit: end(&self.exit),
+            pages: self.pages.to_vec(),
+            form_submitted: self.form_submitted,
+            last_received_us: self.last_received_us,
+            errors: self.errors.to_vec(),
+            error_last_received_us: self.error_last_received_us,
+        }
+    }
+
+    /// The session the changelog kept, its types numbered in `types`; None when an event names
+    /// a type the message does not have (no message this processor writes).
+    pub fn from_stored(stored: StoredSession, types: &mut TypeNames) -> Option<Self> {
+        let type_ids: Vec<TypeId> = stored
+            .types
+            .iter()
+            .map(|(category, name)| types.id(category, name))
+            .collect();
+        let mut state = SessionState {
+            partition: stored.partition,
+            first_us: stored.first_us,
+            last_us: stored.last_us,
+            form_submitted: stored.form_submitted,
+            last_received_us: stored.last_received_us,
+            error_last_received_us: stored.error_last_received_us,
+            ..SessionState::default()
+        };
+        for (event_id, index) in stored.events {
+            let type_id = *type_ids.get(index as usize)?;
+            if state.events.insert(event_id, type_id) {
+                match state.by_type.iter_mut().find(|(id, _)| *id == type_id) {
+                    Some((_, count)) => *count += 1,
+                    None => state.by_type.push((type_id, 1)),
+                }
+            }
+        }
+        let end = |end: Option<(u64, Uuid, String)>| {
+            end.map(|(at_us, event_id, path)| ((at_us, clickhouse_uuid_order(event_id)), path))
+        };
+        state.entry = end(stored.entry);
+        state.exit = end(stored.exit);
+        for page in stored.pages {
+            state.pages.insert(page);
+        }
+        for error in stored.errors {
+            state.errors.insert(error);
+        }
+        Some(state)
+    }
+}
+
 /// The counts in type order, so a summary does not depend on the order events came in.
 fn by_type_id(counts: &[(TypeId, u64)]) -> Vec<(TypeId, u64)> {
     let mut counts = counts.to_vec();
@@ -171,6 +269,7 @@ pub fn clickhouse_uuid_order(id: Uuid) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::changelog;
     use super::*;
 
     fn event(
@@ -200,6 +299,16 @@ mod tests {
         }
     }
 
+    /// A pageview, a click, a second pageview, a form submitted.
+    fn visit() -> [EventRow; 4] {
+        [
+            event(1, "page interaction", "pageview", 100, "/", 500),
+            event(2, "page interaction", "cta click", 110, "/", 501),
+            event(3, "page interaction", "pageview", 120, "/pricing", 502),
+            event(4, "form interaction", "submit", 130, "/pricing", 503),
+        ]
+    }
+
     fn apply(state: &mut SessionState, types: &mut TypeNames, row: &EventRow) {
         let id = types.id(&row.category, &row.name);
         state.apply_event(row, id);
@@ -207,12 +316,7 @@ mod tests {
 
     #[test]
     fn a_row_applied_twice_or_late_gives_the_same_session() {
-        let rows = [
-            event(1, "page interaction", "pageview", 100, "/", 500),
-            event(2, "page interaction", "cta click", 110, "/", 501),
-            event(3, "page interaction", "pageview", 120, "/pricing", 502),
-            event(4, "form interaction", "submit", 130, "/pricing", 503),
-        ];
+        let rows = visit();
         let mut types = TypeNames::default();
         let mut in_order = SessionState::new(0);
         for row in &rows {
@@ -248,6 +352,44 @@ mod tests {
         assert_eq!(summary.distinct_pages, 2);
         assert!(summary.form_submitted);
         assert_eq!(summary.last_received_us, 503_000_000);
+    }
+
+    /// A restart restores the session from its changelog message: the same session, still
+    /// deaf to the rows it has (a redelivery after the restart), numbering types its own way.
+    #[test]
+    fn a_restored_session_is_the_session_and_still_ignores_rows_it_has() {
+        let rows = visit();
+        let session = Uuid::from_u128(7);
+        let mut types = TypeNames::default();
+        let mut original = SessionState::new(2);
+        for row in &rows[..3] {
+            apply(&mut original, &mut types, row);
+        }
+        original.apply_error(&ErrorRow::refused(rows[0].clone(), "x"));
+        let stored = changelog::encode(&original.to_stored("shop", session, &types));
+        let mut other_types = TypeNames::default();
+        other_types.id("form interaction", "submit");
+        let decoded = changelog::decode(&stored).unwrap();
+        let mut restored = SessionState::from_stored(decoded, &mut other_types).unwrap();
+        // Types are listed in each process's numbering; the topic's record keys them by name.
+        let summary_of = |state: &SessionState, types: &TypeNames| {
+            let mut summary = state.summary("shop", session, types).unwrap();
+            summary.by_type.sort();
+            summary
+        };
+        assert_eq!(restored.partition, 2);
+        assert_eq!(
+            summary_of(&restored, &other_types),
+            summary_of(&original, &types)
+        );
+        for row in [&rows[1], &rows[3]] {
+            apply(&mut original, &mut types, row);
+            apply(&mut restored, &mut other_types, row);
+        }
+        restored.apply_error(&ErrorRow::refused(rows[0].clone(), "x"));
+        let summary = summary_of(&restored, &other_types);
+        assert_eq!(summary, summary_of(&original, &types));
+        assert_eq!((summary.event_count, summary.error_count), (4, 1));
     }
 
     #[test]

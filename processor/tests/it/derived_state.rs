@@ -55,22 +55,65 @@ async fn sessions_that_left_memory_are_published_as_clickhouse_has_them() {
     assert!(published.from_memory > 0 && published.from_clickhouse > 0);
 }
 
-/// A restarted processor holds none of the sessions it wrote before; their late events must not
-/// start them afresh.
+/// A restarted processor restores the sessions it wrote before from their changelog: their late
+/// events neither start them afresh nor need ClickHouse.
 #[tokio::test]
-async fn a_restarted_processor_does_not_start_sessions_it_wrote_before_afresh() {
+async fn a_restarted_processor_restores_its_sessions_from_the_changelog() {
     let published =
         sessions_match_the_oracle(|_| {}, Keys::BySession, BetweenHalves::Restart).await;
+    assert!(published.from_memory > 0);
+    assert_eq!(published.from_clickhouse, 0, "no session read back");
+}
+
+/// Killed (SIGKILL) once the first half is in ClickHouse, perhaps before its sessions' states
+/// are in the changelog or its offsets committed: the next processor restores what the changelog
+/// has and reads the rest again.
+#[tokio::test]
+async fn a_processor_after_a_sigkill_restores_the_sessions_from_the_changelog() {
+    let published = sessions_match_the_oracle(|_| {}, Keys::BySession, BetweenHalves::Killed).await;
+    assert!(published.from_memory > 0);
+    assert_eq!(published.from_clickhouse, 0, "no session read back");
+}
+
+/// Without the changelog's states (a restore that cannot finish in time), the sessions met
+/// again are read back from ClickHouse and never started afresh.
+#[tokio::test]
+async fn a_restarted_processor_without_the_changelog_does_not_start_sessions_afresh() {
+    let published = sessions_match_the_oracle(
+        |config| config.session_updates.restore_timeout_ms = 0,
+        Keys::BySession,
+        BetweenHalves::Restart,
+    )
+    .await;
     assert!(
         published.from_clickhouse > 0,
         "the late events' sessions are read back"
     );
 }
 
-/// Partitions handed to a second processor: neither publishes a session from what it alone saw.
+/// Partitions handed to a second processor: it restores their sessions from the changelog, and
+/// neither publishes a session from what it alone saw.
 #[tokio::test]
 async fn sessions_stay_whole_when_a_second_processor_takes_partitions() {
-    sessions_match_the_oracle(|_| {}, Keys::BySession, BetweenHalves::SecondProcessorJoins).await;
+    let published =
+        sessions_match_the_oracle(|_| {}, Keys::BySession, BetweenHalves::SecondProcessorJoins)
+            .await;
+    assert_eq!(published.from_clickhouse, 0, "no session read back");
+}
+
+/// A full replay between the halves, beside the live processor: the tables are rebuilt, the
+/// replay publishes the sessions again, and the live processor's sessions stay whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stay_whole_across_a_full_replay() {
+    sessions_match_the_oracle(|_| {}, Keys::BySession, BetweenHalves::Replay).await;
+}
+
+/// The session updates published so far, from memory and from ClickHouse.
+async fn counters(processor: &Processor) -> (u64, u64) {
+    (
+        counter_value(processor, FROM_MEMORY).await,
+        counter_value(processor, FROM_CLICKHOUSE).await,
+    )
 }
 
 /// How many session updates a processor published, by where it took the session from.
@@ -97,6 +140,11 @@ enum BetweenHalves {
     Restart,
     /// A second processor joins the group (once the first half is written).
     SecondProcessorJoins,
+    /// The first half is written by a processor process, killed (SIGKILL) once it is in
+    /// ClickHouse; the second by a new processor.
+    Killed,
+    /// A full replay runs (once the first half is written) beside the live processor.
+    Replay,
 }
 
 async fn sessions_match_the_oracle(
@@ -107,12 +155,23 @@ async fn sessions_match_the_oracle(
     let setup = Setup::shared().await;
     let mut config = setup.config();
     adjust(&mut config);
-    let mut processor = Processor::start(config.clone()).await;
+    let logs = tempfile::tempdir().unwrap();
+    let (mut processor, process) = match between {
+        BetweenHalves::Killed => (
+            None,
+            Some(spawn_processor(
+                &config,
+                &logs.path().join("killed.log"),
+                &[],
+            )),
+        ),
+        _ => (Some(Processor::start(config.clone()).await), None),
+    };
     // The counters are the test binary's, shared by every processor it runs (one at a time).
-    let before = (
-        counter_value(&processor, FROM_MEMORY).await,
-        counter_value(&processor, FROM_CLICKHOUSE).await,
-    );
+    let mut before = None;
+    if let Some(processor) = &processor {
+        before = Some(counters(processor).await);
+    }
     let mut joined = None;
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move |bound: u64| {
@@ -234,13 +293,26 @@ async fn sessions_match_the_oracle(
     match between {
         BetweenHalves::Nothing => {}
         BetweenHalves::Restart => {
-            processor.stop().await;
-            processor = Processor::start(config.clone()).await;
+            processor.take().unwrap().stop().await;
+            processor = Some(Processor::start(config.clone()).await);
         }
         BetweenHalves::SecondProcessorJoins => {
             joined = Some(Processor::start(config.clone()).await);
         }
+        BetweenHalves::Killed => {
+            drop(process);
+            let restarted = Processor::start(config.clone()).await;
+            before = Some(counters(&restarted).await);
+            processor = Some(restarted);
+        }
+        BetweenHalves::Replay => {
+            eye_processor::replay::replay(config.clone(), None, |_| {}, |_| {})
+                .await
+                .unwrap();
+        }
     }
+    let processor = processor.unwrap();
+    let before = before.unwrap();
     setup.produce_keyed(second_half, key_of).await;
 
     let valid: usize = expected

@@ -1,9 +1,7 @@
 //! Durability: a crash, a ClickHouse outage or a rebalance loses nothing and writes nothing twice; offsets are committed only for what is written and published.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use eye_devenv::free_port;
 use eye_devenv::testing::{services, OwnedBroker, OwnedClickHouse};
 use rdkafka::Message;
 use serde_json::json;
@@ -42,28 +40,17 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let logs = tempfile::tempdir().unwrap();
     let log_file = |name: &str| logs.path().join(format!("{name}.log"));
     let spawn = |name: &str| -> KillOnDrop {
-        let health_port = free_port();
-        let log = std::fs::File::create(log_file(name)).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_eye-processor"))
-            .env("EYE_LISTEN", format!("127.0.0.1:{health_port}"))
-            .env("EYE_KAFKA__BROKERS", &config.kafka.brokers)
-            .env("EYE_CONSUMER__TOPIC", &config.consumer.topic)
-            .env("EYE_CONSUMER__GROUP_ID", &config.consumer.group_id)
-            .env("EYE_CLICKHOUSE__URL", &config.clickhouse.url)
-            .env("EYE_CLICKHOUSE__DATABASE", &config.clickhouse.database)
-            .env("EYE_BATCH__MAX_EVENTS", "5000")
-            .env("EYE_SESSION_UPDATES__TOPIC", &config.session_updates.topic)
-            .env(
-                "EYE_CONSUMER__SESSION_TIMEOUT_MS",
-                SESSION_TIMEOUT.as_millis().to_string(),
-            )
-            .env("EYE_SCHEMAS_DIR", &config.schemas_dir)
-            .env("RUST_LOG", "info,eye_processor=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map(KillOnDrop)
-            .unwrap()
+        spawn_processor(
+            &config,
+            &log_file(name),
+            &[
+                ("EYE_BATCH__MAX_EVENTS", "5000".into()),
+                (
+                    "EYE_CONSUMER__SESSION_TIMEOUT_MS",
+                    SESSION_TIMEOUT.as_millis().to_string(),
+                ),
+            ],
+        )
     };
     let first = spawn("first");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -168,16 +155,6 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
         );
     }
     drop(second);
-}
-
-/// A processor process that is killed (SIGKILL) when dropped, also when a test fails.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

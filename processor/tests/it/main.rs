@@ -5,6 +5,7 @@ mod common;
 
 mod alerts;
 mod current_clickhouse;
+mod dashboard;
 mod deployment;
 mod derived_state;
 mod docs;

@@ -53,6 +53,8 @@ pub struct ProcessorBench {
     no_kafka_engine: bool,
 }
 
+const MIB: f64 = 1024.0 * 1024.0;
+
 pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
     if !args.processor_bin.is_file() {
         bail!(
@@ -91,6 +93,8 @@ pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
         .collect();
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(args.events);
+    // Key and value, as the broker stores and the processor reads them.
+    let mut message_bytes = 0usize;
     for index in 0..args.events {
         let mut event = template[index % 3].clone();
         let slot = rng.random_range(0..open.len());
@@ -104,6 +108,7 @@ pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
             event["data"]["path"] = json!(index);
         }
         let payload = event.to_string();
+        message_bytes += session.len() + payload.len();
         let record = FutureRecord::to(&topic).key(&session).payload(&payload);
         deliveries.push(producer.send_result(record).map_err(|(error, _)| error)?);
     }
@@ -160,14 +165,19 @@ pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
     .await?;
 
     let rate = processed.steady_rate();
+    let bytes_per_event = message_bytes as f64 / args.events as f64;
+    let mib_per_second = |events_per_second: f64| events_per_second * bytes_per_event / MIB;
     println!("| figure | value |");
     println!("|---|---|");
     println!(
-        "| events ({}% invalid), {} per session, {} sessions open at once | {} |",
+        "| events ({}% invalid), {} per session, {} sessions open at once | {} ({bytes_per_event:.0} bytes each, key and value) |",
         args.invalid_percent, per_session, args.open_sessions, args.events
     );
     println!("| fill the topic (produce) | {produce_rate:.0} events/s |");
-    println!("| ceiling: plain consumer | {consume_rate:.0} events/s |");
+    println!(
+        "| ceiling: plain consumer | {consume_rate:.0} events/s ({:.1} MiB/s) |",
+        mib_per_second(consume_rate)
+    );
     println!(
         "| ceiling: clickhouse-client inserting the processor's rows (RowBinary file, same tables and views) | {:.0} rows/s ({} rows in {:.1} s) |",
         insert.rows as f64 / insert.seconds,
@@ -175,7 +185,8 @@ pub async fn run(args: ProcessorBench) -> anyhow::Result<()> {
         insert.seconds
     );
     println!(
-        "| processor: topic → ClickHouse rows, from the group's join to the last row | {rate:.0} events/s ({:.1} s) |",
+        "| processor: topic → ClickHouse rows, from the group's join to the last row | {rate:.0} events/s, {:.1} MiB/s ({:.1} s) |",
+        mib_per_second(rate),
         processed.seconds - processed.joined_seconds
     );
     println!(

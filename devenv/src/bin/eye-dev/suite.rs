@@ -21,9 +21,6 @@ pub fn test(
     // A missing broker builds beside the tests (see `run`).
     fs::create_dir_all(state)?;
     let broker = install::start_broker_install(Some(&state.join("nisshi-install.log")))?;
-    let fuzz_build = fuzz_seconds
-        .map(|_| fuzz::start_build(&workspace_root(), &state.join("fuzz-build.log")))
-        .transpose()?;
     install::ensure_clickhouse()?;
     install::ensure_chdb()?;
     // The arguments for cargo, not those after `--` for the test binaries.
@@ -34,6 +31,11 @@ pub fn test(
     let mut build = vec!["test", "--workspace", "--no-run"];
     build.extend(build_args.iter().map(|arg| arg.as_str()));
     cargo(&build)?;
+    // Built while the tests run, not beside the test build: three builds at once on a fresh
+    // machine once ran its disk and memory out (the linker died of SIGBUS).
+    let fuzz_build = fuzz_seconds
+        .map(|_| fuzz::start_build(&workspace_root(), &state.join("fuzz-build.log")))
+        .transpose()?;
     broker.finish()?;
     let mut tests = Command::new(cargo_program());
     tests

@@ -194,6 +194,49 @@ impl Processor {
     }
 }
 
+/// The processor as its own process, with `config`'s settings and `extra` environment, its log
+/// in `log`; killed (SIGKILL) when dropped, also when a test fails.
+pub fn spawn_processor(
+    config: &ProcessorConfig,
+    log: &std::path::Path,
+    extra: &[(&str, String)],
+) -> KillOnDrop {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_eye-processor"));
+    command
+        .env(
+            "EYE_LISTEN",
+            format!("127.0.0.1:{}", eye_devenv::free_port()),
+        )
+        .env("EYE_KAFKA__BROKERS", &config.kafka.brokers)
+        .env("EYE_CONSUMER__TOPIC", &config.consumer.topic)
+        .env("EYE_CONSUMER__GROUP_ID", &config.consumer.group_id)
+        .env("EYE_CLICKHOUSE__URL", &config.clickhouse.url)
+        .env("EYE_CLICKHOUSE__DATABASE", &config.clickhouse.database)
+        .env(
+            "EYE_BATCH__MAX_WAIT_MS",
+            config.batch.max_wait_ms.to_string(),
+        )
+        .env("EYE_DEAD_LETTER__TOPIC", &config.dead_letter.topic)
+        .env("EYE_ALERTS__TOPIC", &config.alerts.topic)
+        .env("EYE_SESSION_UPDATES__TOPIC", &config.session_updates.topic)
+        .env("EYE_SCHEMAS_DIR", &config.schemas_dir)
+        .env("RUST_LOG", "info,eye_processor=debug")
+        .envs(extra.iter().map(|(name, value)| (name, value)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    KillOnDrop(command.spawn().unwrap())
+}
+
+/// A processor process that is killed (SIGKILL) when dropped.
+pub struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A counter the processor exports, 0 before its first increment.
 pub async fn counter_value(processor: &Processor, name: &str) -> u64 {
     let metrics = reqwest::get(format!("{}/metrics", processor.health_url))
