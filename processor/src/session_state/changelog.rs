@@ -253,8 +253,6 @@ fn read_latest(
             ("group.id", "eye-processor-session-restore".to_string()),
             ("enable.auto.commit", "false".to_string()),
             ("enable.auto.offset.store", "false".to_string()),
-            // The end of a partition is also where a compacted log's last message may be gone.
-            ("enable.partition.eof", "true".to_string()),
         ],
     )
     .create()?;
@@ -277,14 +275,22 @@ fn read_latest(
         if Instant::now() > deadline {
             return Err(RestoreError::TimedOut(timeout));
         }
-        let message = match consumer.poll(POLL_TIMEOUT) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                ends.remove(&partition);
-                continue;
+        let Some(message) = consumer.poll(POLL_TIMEOUT) else {
+            // Nothing more: a partition read past its end is done, even where the messages
+            // before the end are gone (compacted).
+            for element in consumer.position()?.elements() {
+                if let Offset::Offset(position) = element.offset() {
+                    if ends
+                        .get(&element.partition())
+                        .is_some_and(|&end| position >= end)
+                    {
+                        ends.remove(&element.partition());
+                    }
+                }
             }
-            Some(message) => message?,
+            continue;
         };
+        let message = message?;
         let Some(&end) = ends.get(&message.partition()) else {
             continue;
         };
