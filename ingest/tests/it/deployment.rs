@@ -421,3 +421,36 @@ fn the_monitoring_profile_scrapes_both_services_and_provisions_the_dashboard() {
         .is_some_and(|script| script.starts_with("test -n \"$$GF_SECURITY_ADMIN_PASSWORD\" ||")));
     assert_eq!(variable("GF_AUTH_ANONYMOUS_ENABLED"), "false");
 }
+
+/// Start order is gated on health: a service starts once what it needs answers (or, for the
+/// topic set-up, has finished), and every service something waits on says how it is healthy.
+#[test]
+fn every_service_waits_for_what_it_needs_to_be_healthy() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().unwrap();
+    let mut waits = 0;
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let Some(needs) = service["depends_on"].as_mapping() else {
+            continue;
+        };
+        for (needed, how) in needs {
+            let needed = needed.as_str().unwrap();
+            let condition = how["condition"].as_str();
+            waits += 1;
+            match condition {
+                Some("service_healthy") => assert!(
+                    compose["services"][needed]["healthcheck"].is_mapping(),
+                    "{name} waits for {needed} to be healthy, which has no health check"
+                ),
+                Some("service_completed_successfully") => assert_eq!(
+                    compose["services"][needed]["restart"].as_str(),
+                    Some("no"),
+                    "{needed} runs once"
+                ),
+                other => panic!("{name} starts after {needed} on {other:?}, not its health"),
+            }
+        }
+    }
+    assert!(waits >= 8, "{waits} dependencies");
+}

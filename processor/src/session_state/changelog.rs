@@ -53,7 +53,7 @@ pub struct StoredSession {
     /// The first and last pageview: time, event id, path (cut as the session topic cuts it).
     pub entry: Option<(u64, Uuid, String)>,
     pub exit: Option<(u64, Uuid, String)>,
-    /// Hashes of the distinct pageview paths.
+    /// Hashes of the distinct pageview paths (XXH3, so any release computes the same).
     pub pages: Vec<u64>,
     pub form_submitted: bool,
     pub last_received_us: u64,

@@ -4,12 +4,13 @@
 //! ClickHouse has earlier events of it; a session the filter has never seen is new for certain.
 //! A false positive costs one read of ClickHouse, never a wrong session.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+
 use bloomfilter::Bloom;
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::stable_hash;
 use crate::sink::within;
 
 /// The filter's false-positive rate at its capacity.
@@ -82,9 +83,12 @@ impl KnownSessions {
     }
 }
 
-/// The key hashed once, so a check allocates nothing.
+/// The key hashed once, so a check allocates nothing. Within one process only (the filter is
+/// rebuilt at each assignment), so std's hasher will do.
 fn key_hash(application: &str, session_id: Uuid) -> u64 {
-    stable_hash(&(application, session_id))
+    let mut hasher = DefaultHasher::new();
+    (application, session_id).hash(&mut hasher);
+    hasher.finish()
 }
 
 fn filter(capacity: usize) -> Bloom<u64> {

@@ -21,7 +21,6 @@ mod state;
 
 use std::collections::hash_map::Entry;
 use std::collections::BTreeSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,14 +36,6 @@ use crate::source::OwnershipChanges;
 use changelog::{Changelog, Refused, StateChange, MAX_STATE_BYTES};
 use known::KnownSessions;
 use state::{SessionState, TypeNames};
-
-/// A 64-bit hash of `value`, the same in every run (SipHash with fixed keys): pages and session
-/// keys are kept as hashes.
-fn stable_hash(value: &impl Hash) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
-}
 
 /// How a session held in memory stands.
 struct Held {

@@ -6,7 +6,6 @@ use uuid::Uuid;
 
 use super::changelog::StoredSession;
 use super::sets::{CompactSet, TypedEvents};
-use super::stable_hash;
 use crate::rows::{ErrorRow, EventRow, SessionSummary};
 use crate::session_updates::bounded_path;
 
@@ -91,7 +90,7 @@ impl SessionState {
             if self.exit.as_ref().is_none_or(|(last, _)| order > *last) {
                 self.exit = Some((order, row.path.clone()));
             }
-            self.pages.insert(stable_hash(&row.path));
+            self.pages.insert(page_hash(&row.path));
         }
         self.form_submitted |= row.category == "form interaction" && row.name == "submit";
         self.last_received_us = self
@@ -248,6 +247,13 @@ impl SessionState {
     }
 }
 
+/// A pageview path's hash, as the session keeps it (ClickHouse's `uniqExact` keeps hashes too).
+/// The changelog keeps these hashes across restarts and upgrades, so the algorithm is one that
+/// is specified (XXH3), not std's `DefaultHasher`, which may change between Rust releases.
+fn page_hash(path: &str) -> u64 {
+    twox_hash::XxHash3_64::oneshot(path.as_bytes())
+}
+
 /// The counts in type order, so a summary does not depend on the order events came in.
 fn by_type_id(counts: &[(TypeId, u64)]) -> Vec<(TypeId, u64)> {
     let mut counts = counts.to_vec();
@@ -390,6 +396,13 @@ mod tests {
         let summary = summary_of(&restored, &other_types);
         assert_eq!(summary, summary_of(&original, &types));
         assert_eq!((summary.event_count, summary.error_count), (4, 1));
+    }
+
+    /// A changelog written by one release is read by the next: the hash of a path is fixed, the
+    /// value the reference XXH3 implementation gives (Python's `xxhash.xxh3_64_intdigest`).
+    #[test]
+    fn a_page_hash_is_the_same_in_every_release() {
+        assert_eq!(page_hash("/pricing"), 13_414_460_924_399_274_188);
     }
 
     #[test]
