@@ -319,14 +319,18 @@ impl SessionStates {
                 Some(&mut held.state)
             }
             Entry::Vacant(entry) => {
-                let key = (application.to_string(), session_id);
-                if changes.read_back.contains(&key) || self.known.may_hold(application, session_id)
+                // Usually nothing is read back: then no key is made to look for.
+                if self.known.may_hold(application, session_id)
+                    || (!changes.read_back.is_empty()
+                        && changes
+                            .read_back
+                            .contains(&(application.to_string(), session_id)))
                 {
                     read_back(changes);
                     return None;
                 }
                 let held = entry.insert(Held {
-                    application: key.0,
+                    application: application.to_string(),
                     state: SessionState::new(partition),
                     written_in: batches,
                 });
