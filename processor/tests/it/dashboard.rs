@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use eye_ingest::auth::key_sha256;
-use eye_ingest::config::{Application, IngestConfig};
 use serde_json::{json, Value};
 
 use crate::common::*;
@@ -47,17 +45,7 @@ async fn every_metric_and_table_the_dashboard_queries_is_there() {
     assert!(queries.len() >= 3, "{queries:?}");
 
     let setup = Setup::shared().await;
-    let mut ingest = IngestConfig::default();
-    ingest.kafka.brokers = setup.bootstrap.clone();
-    ingest.producer.topic = setup.topic.clone();
-    ingest.applications = vec![Application {
-        id: "shop".into(),
-        key_sha256: key_sha256("shop-key"),
-        ..Application::default()
-    }];
-    ingest.listen = "127.0.0.1:0".into();
-    ingest.operations_listen = "127.0.0.1:0".into();
-    let bridge = eye_ingest::Spawned::start(ingest).await.unwrap();
+    let bridge = setup.bridge("shop", "shop-key").await;
     let events_url = format!("http://{}/v1/events", bridge.api_addr);
     let processor = Processor::start(setup.config()).await;
 

@@ -3,8 +3,6 @@
 use std::time::Duration;
 
 use eye_devenv::testing::unique_name;
-use eye_ingest::auth::key_sha256;
-use eye_ingest::config::{Application, IngestConfig};
 use eye_ingest::routes::Accepted;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -14,17 +12,7 @@ use crate::common::*;
 #[tokio::test]
 async fn reference_events_from_the_bridge_land_once_with_exact_payload_and_microseconds() {
     let setup = Setup::shared().await;
-    let mut ingest = IngestConfig::default();
-    ingest.kafka.brokers = setup.bootstrap.clone();
-    ingest.producer.topic = setup.topic.clone();
-    ingest.applications = vec![Application {
-        id: "shop".into(),
-        key_sha256: key_sha256("shop-key"),
-        ..Application::default()
-    }];
-    ingest.listen = "127.0.0.1:0".into();
-    ingest.operations_listen = "127.0.0.1:0".into();
-    let bridge = eye_ingest::Spawned::start(ingest).await.unwrap();
+    let bridge = setup.bridge("shop", "shop-key").await;
     let ingest_url = format!("http://{}/v1/events", bridge.api_addr);
     let processor = Processor::start(setup.config()).await;
 

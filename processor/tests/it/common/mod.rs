@@ -51,6 +51,21 @@ impl Setup {
         }
     }
 
+    /// The bridge in-process, producing to this setup's topic for one application and its key.
+    pub async fn bridge(&self, application: &str, key: &str) -> eye_ingest::Spawned {
+        let mut ingest = eye_ingest::config::IngestConfig::default();
+        ingest.kafka.brokers = self.bootstrap.clone();
+        ingest.producer.topic = self.topic.clone();
+        ingest.applications = vec![eye_ingest::config::Application {
+            id: application.into(),
+            key_sha256: eye_ingest::auth::key_sha256(key),
+            ..Default::default()
+        }];
+        ingest.listen = "127.0.0.1:0".into();
+        ingest.operations_listen = "127.0.0.1:0".into();
+        eye_ingest::Spawned::start(ingest).await.unwrap()
+    }
+
     pub async fn shared() -> Setup {
         let services = services();
         Setup::new(&services.broker.bootstrap(), &services.clickhouse).await
