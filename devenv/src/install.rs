@@ -1,6 +1,7 @@
 //! Finding the service binaries, and installing them when they are missing: ClickHouse from
-//! Debian's packages, the Kafka-protocol broker nisshi from crates.io, and for the tests chdb from
-//! PyPI and cargo-fuzz from crates.io.
+//! Debian's packages, the Kafka-protocol broker nisshi from crates.io, and for the tests chdb and
+//! schemathesis from PyPI, cargo-fuzz from crates.io, Chromium from Debian's packages and
+//! playwright-core from npm.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -176,6 +177,61 @@ pub fn ensure_chdb() -> Result<()> {
         "--disable-pip-version-check",
         "chdb",
     ]))
+}
+
+/// The schemathesis release the API tests run (`python3 -m schemathesis.cli`).
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// Installs schemathesis with pip unless that release is importable.
+pub fn ensure_schemathesis() -> Result<()> {
+    let installed = Command::new("python3")
+        .args(["-m", "schemathesis.cli", "--version"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains(SCHEMATHESIS_VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("installing schemathesis {SCHEMATHESIS_VERSION} with pip");
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+    ]))
+}
+
+/// Debian's Chromium, which the browser tests drive.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Installs Debian's chromium unless it is there.
+pub fn ensure_chromium() -> Result<()> {
+    if Path::new(CHROMIUM).is_file() {
+        return Ok(());
+    }
+    eprintln!("installing chromium with apt-get");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Installs the browser tests' npm packages (playwright-core, as `browser/package-lock.json`
+/// pins it; it drives Debian's Chromium, it downloads no browser) unless they are there.
+pub fn ensure_browser_driver(workspace: &Path) -> Result<()> {
+    let dir = workspace.join("browser");
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        return Ok(());
+    }
+    eprintln!("installing playwright-core with npm ci");
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir))
 }
 
 fn run(command: &mut Command) -> Result<()> {

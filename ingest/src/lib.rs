@@ -8,6 +8,8 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod error;
+pub mod openapi;
 pub mod producer;
 pub mod rate_limit;
 pub mod routes;

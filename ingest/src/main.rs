@@ -4,7 +4,8 @@ use clap::Parser;
 use eye_ingest::config::IngestConfig;
 
 /// The Eye's ingest bridge: trusted applications POST events to /v1/events; each is on the raw
-/// Kafka topic before the 202 reply.
+/// Kafka topic before the 202 reply. Its API reference is served at /docs, its OpenAPI document at
+/// /openapi.json.
 #[derive(Parser)]
 #[command(name = "eye-ingest", version)]
 struct Cli {
@@ -18,6 +19,10 @@ struct Cli {
     /// Print the hex SHA-256 of an API key (for `key_sha256` in the configuration) and exit.
     #[arg(long, value_name = "API_KEY")]
     hash_key: Option<String>,
+    /// Print the bridge's OpenAPI 3.1 document (also served at /openapi.json, browsable at /docs)
+    /// and exit.
+    #[arg(long)]
+    print_openapi: bool,
 }
 
 #[tokio::main]
@@ -25,6 +30,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(key) = cli.hash_key {
         println!("{}", eye_ingest::auth::key_sha256(&key));
+        return Ok(());
+    }
+    if cli.print_openapi {
+        println!("{}", eye_ingest::openapi::document().to_pretty_json()?);
         return Ok(());
     }
     eye_core::telemetry::init_logging();

@@ -1,5 +1,4 @@
-//! The HTTP API: `POST /v1/events`, health, readiness and metrics. One error enum maps every
-//! refusal to its status; nothing a client sends yields a 500.
+//! The HTTP API: `POST /v1/events` (its reference at `/docs`), health, readiness and metrics.
 
 use std::sync::Arc;
 
@@ -22,13 +21,16 @@ use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Applications;
-use crate::body::{gunzip, split_events, BodyError, BodyFormat};
+use crate::body::{gunzip, split_events, BodyFormat};
 use crate::config::{IngestConfig, Limits};
-use crate::producer::{EventProducer, EventTooLarge, OutgoingEvent, ProduceError};
-use crate::rate_limit::{RateLimited, RateLimits};
+use crate::error::{error_response, ApiError, ErrorBody, Reason};
+use crate::openapi::{docs_router, EventBody};
+use crate::producer::{EventProducer, OutgoingEvent};
+use crate::rate_limit::RateLimits;
 
 pub struct AppState {
     pub applications: Applications,
@@ -51,7 +53,8 @@ pub fn api_router(state: Arc<AppState>, config: &IngestConfig) -> Router {
         .route_layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(move |_: BoxError| async move {
-                    counter!("eye_ingest_rejects_total", "reason" => "overloaded").increment(1);
+                    counter!("eye_ingest_rejects_total", "reason" => Reason::Overloaded.as_str())
+                        .increment(1);
                     error_response(ApiError::Overloaded, retry_after_seconds)
                 }))
                 .load_shed()
@@ -74,7 +77,10 @@ pub fn api_router(state: Arc<AppState>, config: &IngestConfig) -> Router {
                 .max_age(std::time::Duration::from_secs(3600)),
         );
     }
-    events.with_state(state).layer(TraceLayer::new_for_http())
+    events
+        .with_state(state)
+        .merge(docs_router())
+        .layer(TraceLayer::new_for_http())
 }
 
 /// Health, readiness and metrics, served apart from the API (`operations_listen`) so probes
@@ -87,109 +93,9 @@ pub fn operations_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("missing or unknown API key")]
-    Unauthorized,
-    #[error("body is larger than {0} bytes")]
-    BodyTooLarge(usize),
-    #[error("could not read the body: {0}")]
-    BodyUnreadable(String),
-    #[error(
-        "unsupported Content-Type {0:?}; use application/json, text/plain or application/x-ndjson"
-    )]
-    UnsupportedContentType(String),
-    #[error("unsupported Content-Encoding {0:?}; use gzip or none")]
-    UnsupportedEncoding(String),
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    #[error(transparent)]
-    EventTooLarge(#[from] EventTooLarge),
-    #[error("events not accepted, retry later: {0}")]
-    Unavailable(#[from] ProduceError),
-    #[error("the body did not arrive within {0} ms")]
-    BodyTimeout(u64),
-    #[error("the bridge is serving as many requests as it may; retry later")]
-    Overloaded,
-    #[error("{0}; retry later")]
-    RateLimited(#[from] RateLimited),
-}
-
-impl ApiError {
-    fn status(&self) -> StatusCode {
-        match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::BodyTooLarge(_)
-            | ApiError::EventTooLarge(_)
-            | ApiError::Unavailable(ProduceError::MessageTooLarge(_))
-            | ApiError::Body(
-                BodyError::DecompressedTooLarge { .. } | BodyError::TooManyEvents { .. },
-            ) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedContentType(_) | ApiError::UnsupportedEncoding(_) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
-            ApiError::BodyUnreadable(_) | ApiError::Body(_) => StatusCode::BAD_REQUEST,
-            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    /// A stable label for metrics and for clients to branch on.
-    fn reason(&self) -> &'static str {
-        match self {
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::BodyTooLarge(_) => "body_too_large",
-            ApiError::BodyUnreadable(_) => "body_unreadable",
-            ApiError::UnsupportedContentType(_) => "unsupported_content_type",
-            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
-            ApiError::Body(BodyError::DecompressedTooLarge { .. }) => "decompressed_too_large",
-            ApiError::Body(BodyError::TooManyEvents { .. }) => "too_many_events",
-            ApiError::Body(_) => "malformed_body",
-            ApiError::EventTooLarge(_)
-            | ApiError::Unavailable(ProduceError::MessageTooLarge(_)) => "event_too_large",
-            ApiError::Unavailable(ProduceError::QueueFull) => "queue_full",
-            ApiError::Unavailable(ProduceError::Fatal(_)) => "producer_failed",
-            ApiError::Unavailable(_) => "broker_unavailable",
-            ApiError::BodyTimeout(_) => "body_timeout",
-            ApiError::Overloaded => "overloaded",
-            ApiError::RateLimited(_) => "rate_limited",
-        }
-    }
-
-    /// Seconds a client should wait before retrying, for the replies that ask for a retry.
-    fn retry_after_seconds(&self, default: u32) -> Option<u64> {
-        match self {
-            ApiError::RateLimited(limited) => {
-                Some(limited.retry_after.as_secs_f64().ceil().max(1.0) as u64)
-            }
-            ApiError::Unavailable(ProduceError::MessageTooLarge(_)) => None,
-            ApiError::Unavailable(_) | ApiError::Overloaded => Some(u64::from(default)),
-            _ => None,
-        }
-    }
-}
-
-/// The one place an [`ApiError`] becomes a reply: its status, a JSON body with the stable reason,
-/// and `Retry-After` where a retry can succeed.
-fn error_response(error: ApiError, default_retry_after_seconds: u32) -> Response {
-    let status = error.status();
-    let retry_after = error.retry_after_seconds(default_retry_after_seconds);
-    let body = Json(ErrorBody {
-        error: error.reason(),
-        message: error.to_string(),
-    });
-    match retry_after {
-        Some(seconds) => {
-            (status, [(header::RETRY_AFTER, seconds.to_string())], body).into_response()
-        }
-        None => (status, body).into_response(),
-    }
-}
-
 /// The application a request is from, found before its body is read.
 #[derive(Clone)]
-struct Authenticated(String);
+pub(crate) struct Authenticated(String);
 
 async fn authenticate(
     State(state): State<Arc<AppState>>,
@@ -209,7 +115,8 @@ async fn authenticate(
             next.run(request).await
         }
         None => {
-            counter!("eye_ingest_rejects_total", "reason" => "unauthorized").increment(1);
+            counter!("eye_ingest_rejects_total", "reason" => Reason::Unauthorized.as_str())
+                .increment(1);
             counter!("eye_ingest_requests_total", "route" => "/v1/events", "status" => "401")
                 .increment(1);
             error_response(ApiError::Unauthorized, state.retry_after_seconds)
@@ -217,14 +124,8 @@ async fn authenticate(
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    error: &'static str,
-    message: String,
-}
-
 /// The 202 reply: the id of every event, in request order.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
     pub event_ids: Vec<Uuid>,
 }
@@ -234,7 +135,45 @@ struct KeyQuery {
     api_key: Option<String>,
 }
 
-async fn post_events(
+/// Send events
+///
+/// Puts every event of the body on the raw Kafka topic, byte for byte, and replies once the broker
+/// has acknowledged them all. The body is one JSON event or an array of them
+/// (`application/json`; `text/plain` is read the same, for `navigator.sendBeacon`), or one event
+/// per line (`application/x-ndjson`), optionally `Content-Encoding: gzip`. Limits (defaults):
+/// `limits.max_body_bytes` 1 MiB as sent, `limits.max_decompressed_bytes` 10 MiB after gunzip,
+/// `limits.max_batch_events` 1000 events, `producer.max_event_bytes` 1,000,000 per event; a
+/// refused request produces nothing. An event that is not valid for its type is accepted too: the
+/// processor records it in `event_errors` with its reason. A 503 can come after some events
+/// reached the broker: resend the same events with the same `event_id`s.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "send_events",
+    request_body(
+        description = "One event, an array of events, or NDJSON",
+        content(
+            (EventBody = "application/json"),
+            (String = "application/x-ndjson", example = json!("{\"session_id\":\"e2085be5-9137-4e4e-80b5-f1ffddc25423\",\"category\":\"page interaction\",\"name\":\"pageview\",\"data\":{\"host\":\"www.consumeraffairs.com\",\"path\":\"/\"},\"timestamp\":\"2021-01-01 09:15:27.243860\"}\n")),
+            (String = "text/plain"),
+        ),
+    ),
+    responses(
+        (status = 202, description = "Every event is on the raw topic; their ids, in request order", body = Accepted),
+        (status = 400, description = "`malformed_body` (not JSON, not an object or array of objects, an NDJSON line broken, an `event_id` not a UUID; the message names the position) or `body_unreadable`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no API key or an unknown one, judged before the body is read", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive within `limits.body_read_timeout_ms` (10 s) of the headers", body = ErrorBody),
+        (status = 413, description = "`body_too_large`, `decompressed_too_large`, `too_many_events` or `event_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_content_type` or `unsupported_encoding`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the application is over its rate limit", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the events fit the application's bucket"))),
+        (status = 503, description = "`overloaded`, `broker_unavailable`, `queue_full` or `producer_failed`: retry the same events after `Retry-After`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
+pub(crate) async fn post_events(
     State(state): State<Arc<AppState>>,
     Extension(Authenticated(application)): Extension<Authenticated>,
     headers: HeaderMap,
@@ -244,7 +183,7 @@ async fn post_events(
     let response = match reply {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
         Err(error) => {
-            counter!("eye_ingest_rejects_total", "reason" => error.reason()).increment(1);
+            counter!("eye_ingest_rejects_total", "reason" => error.reason().as_str()).increment(1);
             error_response(error, state.retry_after_seconds)
         }
     };

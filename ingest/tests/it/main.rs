@@ -3,6 +3,7 @@
 
 mod common;
 
+mod api_reference;
 mod broker;
 mod deployment;
 mod events;

@@ -4,6 +4,7 @@
 mod common;
 
 mod alerts;
+mod browser;
 mod current_clickhouse;
 mod dashboard;
 mod deployment;

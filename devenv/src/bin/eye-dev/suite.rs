@@ -23,6 +23,9 @@ pub fn test(
     let broker = install::start_broker_install(Some(&state.join("nisshi-install.log")))?;
     install::ensure_clickhouse()?;
     install::ensure_chdb()?;
+    install::ensure_schemathesis()?;
+    install::ensure_chromium()?;
+    install::ensure_browser_driver(&workspace_root())?;
     // The arguments for cargo, not those after `--` for the test binaries.
     let build_args: Vec<&String> = cargo_test_args
         .iter()
