@@ -32,10 +32,13 @@ pub const DOCUMENT_PATH: &str = "/openapi.json";
             the separate operations listener (`operations_listen`), not here.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(crate::routes::post_events),
+    paths(crate::routes::post_events, crate::routes::browser_snippet),
     components(schemas(Event, EventBody, Accepted, ErrorBody, Reason)),
     modifiers(&AuthSchemes, &ReferenceEvents),
-    tags((name = "events", description = "Sending events"))
+    tags(
+        (name = "events", description = "Sending events"),
+        (name = "browser", description = "For web pages")
+    )
 )]
 struct BridgeApi;
 

@@ -79,6 +79,7 @@ pub fn api_router(state: Arc<AppState>, config: &IngestConfig) -> Router {
     }
     events
         .with_state(state)
+        .route("/v1/eye.js", get(browser_snippet))
         .merge(docs_router())
         .layer(TraceLayer::new_for_http())
 }
@@ -190,6 +191,36 @@ pub(crate) async fn post_events(
     counter!("eye_ingest_requests_total", "route" => "/v1/events", "status" => response.status().as_str().to_owned())
         .increment(1);
     response
+}
+
+/// The browser snippet, `ingest/assets/eye.js`.
+const BROWSER_SNIPPET: &str = include_str!("../assets/eye.js");
+
+/// The browser snippet
+///
+/// A script for web pages: a session per tab and site, a UUID `event_id` per event made in the
+/// browser (so resending is idempotent), an automatic pageview, `eye.track(category, name, data)`,
+/// batches sent in order, kept in `sessionStorage` until acknowledged, `navigator.sendBeacon` when
+/// the page is left. Load it with `<script src=".../v1/eye.js" data-api-key="KEY"></script>`; the
+/// page's origin must be in `cors_allowed_origins`.
+#[utoipa::path(
+    get,
+    path = "/v1/eye.js",
+    tag = "browser",
+    operation_id = "browser_snippet",
+    responses(
+        (status = 200, description = "The script", body = String, content_type = "text/javascript"),
+    ),
+)]
+pub(crate) async fn browser_snippet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        BROWSER_SNIPPET,
+    )
+        .into_response()
 }
 
 /// The whole body, within the size limit and the read time-out.

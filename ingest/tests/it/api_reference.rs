@@ -93,6 +93,8 @@ async fn schemathesis_finds_no_server_error_and_no_reply_outside_the_document() 
     let scratch = report.path().to_path_buf();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("python3")
+            // schemathesis keeps a cache in its working directory.
+            .current_dir(scratch)
             .env(
                 "PYTHONPATH",
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("tests"),

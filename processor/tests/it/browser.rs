@@ -72,3 +72,116 @@ async fn the_api_reference_page_sends_a_pageview_that_lands_in_events() {
     processor.stop().await;
     bridge.shutdown().await.unwrap();
 }
+
+/// A visitor's whole visit through the browser snippet served by the bridge: a pageview, a
+/// call-to-action, a form submitted while the bridge refuses connections, the next page, the
+/// bridge back, one more click and the page left. Every event the page made is in `events` once,
+/// of one session, with its type and `data` as the page gave them, in the order they happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snippet_loses_nothing_and_duplicates_nothing_across_an_outage_and_a_page_exit() {
+    let setup = Setup::shared().await;
+    let site_port = eye_devenv::process::free_port();
+    let mut ingest = setup.bridge_config("website", KEY);
+    ingest.cors_allowed_origins = vec![format!("http://127.0.0.1:{site_port}")];
+    let bridge = eye_ingest::Spawned::start(ingest).await.unwrap();
+    let processor = Processor::start(setup.config()).await;
+
+    let visit = run_script(
+        "snippet.mjs",
+        vec![
+            ("EYE_BRIDGE_URL", format!("http://{}", bridge.api_addr)),
+            ("EYE_API_KEY", KEY.to_string()),
+            ("EYE_SITE_PORT", site_port.to_string()),
+            ("EYE_OUTAGE_MS", "4000".to_string()),
+        ],
+    )
+    .await;
+    let made = visit["events"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = made
+        .iter()
+        .map(|event| {
+            (
+                event["name"].as_str().unwrap(),
+                event["data"]["path"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("pageview", "/"),
+            ("cta click", "/"),
+            ("submit", "/"),
+            ("pageview", "/thanks"),
+            ("cta click", "/thanks"),
+        ],
+        "{visit}"
+    );
+    assert_eq!(visit["sessions"].as_array().unwrap().len(), 1, "{visit}");
+    let session_id = visit["sessions"][0].as_str().unwrap();
+
+    setup
+        .wait_for_count(
+            &format!("SELECT count() FROM {{db}}.events FINAL WHERE session_id = '{session_id}'"),
+            made.len() as u64,
+            Duration::from_secs(60),
+        )
+        .await;
+    // Resent copies (the exit beacon's, or a retry's) collapse into one row each; the order is
+    // that of each event's first copy on the topic (one session, one partition).
+    let rows = |sql: &str| -> Vec<Value> {
+        setup
+            .clickhouse
+            .query(&format!(
+                "{} FORMAT JSONEachRow",
+                sql.replace("{db}", &setup.database)
+            ))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let order: Vec<Value> = rows(&format!(
+        "SELECT toString(event_id) AS event_id FROM {{db}}.events \
+         WHERE session_id = '{session_id}' GROUP BY event_id ORDER BY min(kafka_offset)"
+    ))
+    .into_iter()
+    .map(|row| row["event_id"].clone())
+    .collect();
+    let stored: Vec<Value> = rows(&format!(
+        "SELECT toString(event_id) AS event_id, category, name, data FROM {{db}}.events FINAL \
+         WHERE session_id = '{session_id}'"
+    ));
+    let stored: Vec<Value> = order
+        .iter()
+        .map(|id| {
+            let row = stored.iter().find(|row| &row["event_id"] == id).unwrap();
+            serde_json::json!({
+                "event_id": row["event_id"],
+                "category": row["category"],
+                "name": row["name"],
+                "data": serde_json::from_str::<Value>(row["data"].as_str().unwrap()).unwrap(),
+            })
+        })
+        .collect();
+    let expected: Vec<Value> = made
+        .iter()
+        .map(|event| {
+            serde_json::json!({
+                "event_id": event["event_id"],
+                "category": event["category"],
+                "name": event["name"],
+                "data": event["data"],
+            })
+        })
+        .collect();
+    assert_eq!(stored, expected);
+    assert_eq!(
+        setup.count(&format!(
+            "SELECT count() FROM {{db}}.event_errors WHERE session_id = '{session_id}'"
+        )),
+        0
+    );
+    processor.stop().await;
+    bridge.shutdown().await.unwrap();
+}

@@ -53,6 +53,13 @@ impl Setup {
 
     /// The bridge in-process, producing to this setup's topic for one application and its key.
     pub async fn bridge(&self, application: &str, key: &str) -> eye_ingest::Spawned {
+        eye_ingest::Spawned::start(self.bridge_config(application, key))
+            .await
+            .unwrap()
+    }
+
+    /// The settings of [`Setup::bridge`], on free ports.
+    pub fn bridge_config(&self, application: &str, key: &str) -> eye_ingest::config::IngestConfig {
         let mut ingest = eye_ingest::config::IngestConfig::default();
         ingest.kafka.brokers = self.bootstrap.clone();
         ingest.producer.topic = self.topic.clone();
@@ -63,7 +70,7 @@ impl Setup {
         }];
         ingest.listen = "127.0.0.1:0".into();
         ingest.operations_listen = "127.0.0.1:0".into();
-        eye_ingest::Spawned::start(ingest).await.unwrap()
+        ingest
     }
 
     pub async fn shared() -> Setup {
