@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use eye_core::schemas::SchemaRegistry;
-use eye_processor::validate::{Envelope, Transport, Validator};
+use eye_core::validate::{Envelope, Transport, Validator};
 use libfuzzer_sys::fuzz_target;
 
 static SCHEMAS: LazyLock<(Validator, Vec<[u8; 10]>)> = LazyLock::new(|| {

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use eye_core::schemas::SchemaRegistry;
 use eye_core::timestamp::in_datetime_range;
-use eye_processor::validate::{Envelope, Transport, Validator, MAX_APPLICATION_BYTES};
+use eye_core::validate::{Envelope, Transport, Validator, MAX_APPLICATION_BYTES};
 use libfuzzer_sys::fuzz_target;
 
 static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| {

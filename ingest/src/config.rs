@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use eye_core::raw::DEFAULT_RAW_TOPIC;
 use eye_core::settings::KafkaSettings;
+use eye_core::validate::ValidationSettings;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +29,11 @@ pub struct IngestConfig {
     pub cors_allowed_origins: Vec<String>,
     /// `Retry-After` sent with 503 replies.
     pub retry_after_seconds: u32,
+    /// The event schemas (`avro/` inside), for `?verdicts=true`: the processor's `schemas_dir`
+    /// (`EYE_SCHEMAS_DIR`).
+    pub schemas_dir: PathBuf,
+    /// The processor's `validation` settings, so that a verdict is the processor's.
+    pub validation: ValidationSettings,
 }
 
 impl Default for IngestConfig {
@@ -43,6 +49,8 @@ impl Default for IngestConfig {
             application_keys: String::new(),
             cors_allowed_origins: Vec::new(),
             retry_after_seconds: 1,
+            schemas_dir: "schemas".into(),
+            validation: ValidationSettings::default(),
         }
     }
 }

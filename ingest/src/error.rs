@@ -37,6 +37,8 @@ pub enum ApiError {
     Overloaded,
     #[error("{0}; retry later")]
     RateLimited(#[from] RateLimited),
+    #[error("the query string: {0}")]
+    BadQuery(String),
 }
 
 impl ApiError {
@@ -52,7 +54,9 @@ impl ApiError {
             ApiError::UnsupportedContentType(_) | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            ApiError::BodyUnreadable(_) | ApiError::Body(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyUnreadable(_) | ApiError::Body(_) | ApiError::BadQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -78,6 +82,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => Reason::BodyTimeout,
             ApiError::Overloaded => Reason::Overloaded,
             ApiError::RateLimited(_) => Reason::RateLimited,
+            ApiError::BadQuery(_) => Reason::BadQuery,
         }
     }
 
@@ -114,6 +119,7 @@ pub enum Reason {
     BodyTimeout,
     Overloaded,
     RateLimited,
+    BadQuery,
 }
 
 impl Reason {
@@ -135,6 +141,7 @@ impl Reason {
             Reason::BodyTimeout => "body_timeout",
             Reason::Overloaded => "overloaded",
             Reason::RateLimited => "rate_limited",
+            Reason::BadQuery => "bad_query",
         }
     }
 }
@@ -187,6 +194,7 @@ mod tests {
             Reason::BodyTimeout,
             Reason::Overloaded,
             Reason::RateLimited,
+            Reason::BadQuery,
         ];
         let schema = serde_json::to_value(Reason::schema()).unwrap();
         let listed: Vec<&str> = schema["enum"]

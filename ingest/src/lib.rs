@@ -2,8 +2,9 @@
 //! byte, to the raw Kafka topic, and the reply comes once the broker has acknowledged them all.
 //!
 //! Follow an event: [`routes`] (authenticate with [`auth`], split the body with [`body`], admit
-//! it under the application's [`rate_limit`]) →
-//! [`producer`] → raw topic.
+//! it under the application's [`rate_limit`], judge it ahead with [`verdicts`] when asked) →
+//! [`producer`] → raw topic. [`error`] maps every refusal to its reply once; [`openapi`] describes
+//! the API and serves its reference.
 
 pub mod auth;
 pub mod body;
@@ -13,6 +14,7 @@ pub mod openapi;
 pub mod producer;
 pub mod rate_limit;
 pub mod routes;
+pub mod verdicts;
 
 use std::future::Future;
 use std::io;
@@ -30,6 +32,7 @@ use crate::config::{ApplicationSourceError, IngestConfig};
 use crate::producer::EventProducer;
 use crate::rate_limit::{RateLimitError, RateLimits};
 use crate::routes::{api_router, operations_router, AppState};
+use crate::verdicts::Verdicts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -45,6 +48,8 @@ pub enum StartError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Metrics(#[from] eye_core::telemetry::MetricsError),
+    #[error("loading the event schemas (schemas_dir) for verdicts: {0}")]
+    Schemas(#[from] eye_core::schemas::SchemaError),
 }
 
 /// How long shutdown waits for queued events to reach the broker.
@@ -84,11 +89,13 @@ pub async fn serve(
     let all_applications = config.all_applications()?;
     let applications = Applications::new(&all_applications)?;
     let rate_limits = RateLimits::new(&all_applications, config.limits.max_batch_events)?;
+    let verdicts = Verdicts::load(&config.schemas_dir, &config.validation)?;
     let producer = Arc::new(EventProducer::new(&config.kafka, &config.producer)?);
     let state = Arc::new(AppState {
         applications,
         rate_limits,
         producer: producer.clone(),
+        verdicts,
         limits: config.limits.clone(),
         retry_after_seconds: config.retry_after_seconds,
         metrics: eye_core::telemetry::prometheus()?,

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::config::Limits;
 use crate::error::{ErrorBody, Reason};
 use crate::routes::Accepted;
+use crate::verdicts::Verdict;
 
 /// The path of the interactive reference.
 pub const DOCS_PATH: &str = "/docs";
@@ -33,7 +34,7 @@ pub const DOCUMENT_PATH: &str = "/openapi.json";
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(crate::routes::post_events, crate::routes::browser_snippet),
-    components(schemas(Event, EventBody, Accepted, ErrorBody, Reason)),
+    components(schemas(Event, EventBody, Accepted, Verdict, ErrorBody, Reason)),
     modifiers(&AuthSchemes, &ReferenceEvents),
     tags(
         (name = "events", description = "Sending events"),

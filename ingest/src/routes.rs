@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Applications;
@@ -31,11 +32,13 @@ use crate::error::{error_response, ApiError, ErrorBody, Reason};
 use crate::openapi::{docs_router, EventBody};
 use crate::producer::{EventProducer, OutgoingEvent};
 use crate::rate_limit::RateLimits;
+use crate::verdicts::{Verdict, Verdicts};
 
 pub struct AppState {
     pub applications: Applications,
     pub rate_limits: RateLimits,
     pub producer: Arc<EventProducer>,
+    pub verdicts: Verdicts,
     pub limits: Limits,
     pub retry_after_seconds: u32,
     pub metrics: PrometheusHandle,
@@ -129,6 +132,19 @@ async fn authenticate(
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
     pub event_ids: Vec<Uuid>,
+    /// With `?verdicts=true`: what the processor will record for each event, in request order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdicts: Option<Vec<Verdict>>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EventsQuery {
+    /// `true`: the reply also says, for each event, whether the processor will write it to
+    /// `events` or record it in `event_errors`, and why (the same validation, the same schemas).
+    /// The events go to the raw topic either way.
+    #[serde(default)]
+    verdicts: bool,
 }
 
 #[derive(Deserialize)]
@@ -162,7 +178,7 @@ struct KeyQuery {
     ),
     responses(
         (status = 202, description = "Every event is on the raw topic; their ids, in request order", body = Accepted),
-        (status = 400, description = "`malformed_body` (not JSON, not an object or array of objects, an NDJSON line broken, an `event_id` not a UUID; the message names the position) or `body_unreadable`", body = ErrorBody),
+        (status = 400, description = "`malformed_body` (not JSON, not an object or array of objects, an NDJSON line broken, an `event_id` not a UUID; the message names the position), `body_unreadable`, or `bad_query` (`verdicts` not `true` or `false`)", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no API key or an unknown one, judged before the body is read", body = ErrorBody),
         (status = 408, description = "`body_timeout`: the body did not arrive within `limits.body_read_timeout_ms` (10 s) of the headers", body = ErrorBody),
         (status = 413, description = "`body_too_large`, `decompressed_too_large`, `too_many_events` or `event_too_large`", body = ErrorBody),
@@ -172,15 +188,20 @@ struct KeyQuery {
         (status = 503, description = "`overloaded`, `broker_unavailable`, `queue_full` or `producer_failed`: retry the same events after `Retry-After`", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
+    params(EventsQuery),
     security(("bearer" = []), ("api_key" = [])),
 )]
 pub(crate) async fn post_events(
     State(state): State<Arc<AppState>>,
     Extension(Authenticated(application)): Extension<Authenticated>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let reply = accept_events(&state, &application, &headers, body).await;
+    let reply = match query {
+        Ok(Query(query)) => accept_events(&state, &application, &query, &headers, body).await,
+        Err(rejection) => Err(ApiError::BadQuery(rejection.body_text())),
+    };
     let response = match reply {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
         Err(error) => {
@@ -240,6 +261,7 @@ async fn read_body(body: Body, limits: &Limits) -> Result<Bytes, ApiError> {
 async fn accept_events(
     state: &AppState,
     application: &str,
+    query: &EventsQuery,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, ApiError> {
@@ -287,9 +309,17 @@ async fn accept_events(
         })
         .collect();
     state.producer.check_sizes(&outgoing)?;
+    let verdicts = query.verdicts.then(|| {
+        incoming
+            .iter()
+            .zip(&stamps)
+            .map(|(event, stamp)| state.verdicts.judge(event.json, stamp))
+            .collect()
+    });
     state.producer.produce_all(&outgoing).await?;
     Ok(Accepted {
         event_ids: stamps.into_iter().map(|stamp| stamp.event_id).collect(),
+        verdicts,
     })
 }
 

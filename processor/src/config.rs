@@ -14,7 +14,7 @@ use crate::pipeline::BatchSettings;
 use crate::session_updates::SessionUpdateSettings;
 use crate::sink::ClickHouseSettings;
 use crate::source::ConsumerSettings;
-use crate::validate::ValidationSettings;
+use eye_core::validate::ValidationSettings;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

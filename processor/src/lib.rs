@@ -2,8 +2,8 @@
 //! event or a typed failure, and writes each to exactly one ClickHouse table.
 //!
 //! Follow an event: [`pipeline`] (the order and the guarantee) reads it from [`source`] (Kafka:
-//! partitions, offsets, commits) → [`validate`] (schemas from `eye_core::schemas`, timestamps
-//! from `eye_core::timestamp`; the [`failure`] kinds) → a row of [`rows`] in the batch →
+//! partitions, offsets, commits) → `eye_core::validate` (shared with the bridge's verdicts; schemas
+//! from `eye_core::schemas`, the `eye_core::failure` kinds) → a row of [`rows`] in the batch →
 //! [`sink`] (ClickHouse), and for failures also [`dead_letter`] (the dead-letter topic), then
 //! [`session_state`] (the sessions held in memory) → [`session_updates`]. [`alerts`] judges the
 //! failure counts in ClickHouse and publishes the error-alert topic.
@@ -13,7 +13,6 @@ pub mod avro_topic;
 mod batch;
 pub mod config;
 pub mod dead_letter;
-pub mod failure;
 pub mod pipeline;
 pub mod readiness;
 pub mod replay;
@@ -24,7 +23,6 @@ pub mod session_updates;
 pub mod sink;
 pub mod source;
 pub mod start;
-pub mod validate;
 
 pub use run::run;
 pub use start::StartError;

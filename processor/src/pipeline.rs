@@ -41,13 +41,13 @@ use uuid::Uuid;
 use crate::batch::Batch;
 use crate::dead_letter::DeadLetterSink;
 use crate::readiness::Readiness;
-use crate::rows::{ErrorRow, FailedMessage, WatermarkRow};
+use crate::rows::{ErrorRow, EventRow, FailedMessage, WatermarkRow};
 use crate::session_state::changelog::{Changelog, Pending, Refused};
 use crate::session_state::SessionStates;
 use crate::session_updates::{InFlight, SessionUpdates};
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::source::{RawTopic, WrittenOffsets};
-use crate::validate::{Envelope, Transport, Validator};
+use eye_core::validate::{Envelope, Transport, Validator};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often caught-up partitions are reported to `ingest_watermarks` while no batch is written,
@@ -234,7 +234,7 @@ impl Pipeline {
         {
             Ok(valid) => {
                 self.valid_events.increment(1);
-                let row = valid.into_row(partition, offset);
+                let row = EventRow::of_valid(valid, partition, offset);
                 if !keyed_by(message, row.session_id) {
                     batch
                         .sessions_not_keyed
@@ -246,7 +246,12 @@ impl Pipeline {
                 self.invalid_events.increment(1);
                 counter!("eye_processor_failures_total", "error_type" => failed.failure.error_type.as_str())
                     .increment(1);
-                let row = failed.into_row(message.payload().unwrap_or_default(), partition, offset);
+                let row = ErrorRow::of_failed(
+                    failed,
+                    message.payload().unwrap_or_default(),
+                    partition,
+                    offset,
+                );
                 if !row.session_id.is_nil() && !keyed_by(message, row.session_id) {
                     batch
                         .sessions_not_keyed

@@ -6,7 +6,9 @@ use clickhouse::Row;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::failure::ErrorType;
+use eye_core::failure::ErrorType;
+use eye_core::timestamp::split_seconds;
+use eye_core::validate::{FailedEvent, ValidEvent};
 
 /// A row of `events` (and, through the materialized view, of `events_by_session`).
 #[derive(Debug, Clone, Row, Serialize)]
@@ -108,6 +110,55 @@ pub struct FailedMessage {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl EventRow {
+    /// A valid event's row, read from `partition` at `offset`.
+    pub fn of_valid(valid: ValidEvent, partition: i32, offset: i64) -> EventRow {
+        let (timestamp, timestamp_us) = split_seconds(valid.timestamp);
+        let (received_at, received_at_us) = split_seconds(valid.stamp.received_at);
+        EventRow {
+            event_id: valid.stamp.event_id,
+            application: valid.stamp.application,
+            session_id: valid.session_id,
+            category: valid.category,
+            name: valid.name,
+            timestamp,
+            timestamp_us,
+            received_at,
+            received_at_us,
+            host: valid.host,
+            path: valid.path,
+            data: valid.data,
+            schema_version: valid.schema_version as u16,
+            kafka_partition: partition,
+            // Kafka offsets are never negative.
+            kafka_offset: offset as u64,
+        }
+    }
+}
+
+impl ErrorRow {
+    /// A failed event's row: `raw` is the message value, read from `partition` at `offset`.
+    pub fn of_failed(failed: FailedEvent, raw: &[u8], partition: i32, offset: i64) -> ErrorRow {
+        let (received_at, received_at_us) = split_seconds(failed.stamp.received_at);
+        ErrorRow {
+            event_id: failed.stamp.event_id,
+            application: failed.stamp.application,
+            session_id: failed.session_id.unwrap_or(Uuid::nil()),
+            error_type: failed.failure.error_type.as_str().to_string(),
+            reason: failed.failure.reason,
+            field_path: failed.failure.field_path,
+            category: failed.category,
+            name: failed.name,
+            raw: raw.to_vec(),
+            received_at,
+            received_at_us,
+            kafka_partition: partition,
+            // Kafka offsets are never negative.
+            kafka_offset: offset as u64,
+        }
+    }
+}
+
 impl WatermarkRow {
     /// A report that says where a partition stands and carries no times (the watermark
     /// aggregates keep the latest times already reported).
@@ -150,6 +201,9 @@ impl ErrorRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{TimeZone, Utc};
+    use eye_core::failure::Failure;
+    use eye_core::raw::Stamp;
 
     #[test]
     fn a_refused_event_becomes_a_sink_rejected_failure_at_the_same_place() {
@@ -180,5 +234,61 @@ mod tests {
         );
         assert_eq!((failed.received_at, failed.received_at_us), (11, 2));
         assert_eq!((failed.kafka_partition, failed.kafka_offset), (3, 99));
+    }
+
+    fn stamp() -> Stamp {
+        Stamp {
+            event_id: Uuid::from_u128(7),
+            received_at: Utc.timestamp_opt(1_609_492_527, 243_861_000).unwrap(),
+            application: "shop".into(),
+        }
+    }
+
+    #[test]
+    fn a_valid_events_row_splits_its_times_into_seconds_and_microseconds() {
+        let valid = ValidEvent {
+            stamp: stamp(),
+            session_id: Uuid::from_u128(9),
+            category: "page interaction".into(),
+            name: "pageview".into(),
+            timestamp: Utc.timestamp_opt(1_609_492_527, 243_860_000).unwrap(),
+            data: r#"{"host":"www.example.com","n":1,"path":"/"}"#.into(),
+            host: "www.example.com".into(),
+            path: "/".into(),
+            schema_version: 2,
+        };
+        let row = EventRow::of_valid(valid, 3, 41);
+        assert_eq!((row.timestamp, row.timestamp_us), (1_609_492_527, 243_860));
+        assert_eq!(
+            (row.received_at, row.received_at_us),
+            (1_609_492_527, 243_861)
+        );
+        assert_eq!(
+            (row.host.as_str(), row.path.as_str()),
+            ("www.example.com", "/")
+        );
+        assert_eq!(row.data, r#"{"host":"www.example.com","n":1,"path":"/"}"#);
+        assert_eq!((row.kafka_partition, row.kafka_offset), (3, 41));
+        assert_eq!((row.application.as_str(), row.schema_version), ("shop", 2));
+    }
+
+    #[test]
+    fn a_failures_row_keeps_the_raw_bytes_and_a_nil_session_when_none_is_named() {
+        let failed = FailedEvent {
+            stamp: stamp(),
+            session_id: None,
+            category: String::new(),
+            name: String::new(),
+            failure: Failure {
+                error_type: ErrorType::MalformedJson,
+                reason: "not JSON".into(),
+                field_path: String::new(),
+            },
+        };
+        let row = ErrorRow::of_failed(failed, b"\xff{", 1, 5);
+        assert_eq!(row.raw, b"\xff{");
+        assert!(row.session_id.is_nil());
+        assert_eq!(row.error_type, "malformed_json");
+        assert_eq!((row.kafka_partition, row.kafka_offset), (1, 5));
     }
 }

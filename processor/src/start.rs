@@ -21,7 +21,7 @@ use crate::session_state::SessionStates;
 use crate::session_updates::SessionUpdates;
 use crate::sink::{ClickHouseSink, SinkError};
 use crate::source::{RawTopic, Source, SourceError};
-use crate::validate::Validator;
+use eye_core::validate::Validator;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

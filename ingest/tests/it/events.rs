@@ -203,3 +203,54 @@ async fn concurrent_clients_every_acknowledged_event_on_the_topic_exactly_once()
     );
     bridge.shutdown().await;
 }
+
+#[tokio::test]
+async fn verdicts_say_for_each_event_what_the_processor_will_record() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |_| {}).await;
+    let mut invalid: serde_json::Value =
+        serde_json::from_str(&reference_event("pageview")).unwrap();
+    invalid["data"]["path"] = serde_json::json!(404);
+    let body = format!("[{},{invalid}]", reference_event("cta_click"));
+    let reply = bridge
+        .http
+        .post(format!("{}/v1/events?verdicts=true", bridge.url))
+        .bearer_auth(SHOP_KEY)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::ACCEPTED);
+    let reply: serde_json::Value = reply.json().await.unwrap();
+    assert_eq!(
+        reply["verdicts"][0],
+        serde_json::json!({"verdict": "valid"})
+    );
+    assert_eq!(reply["verdicts"][1]["verdict"], "invalid");
+    assert_eq!(reply["verdicts"][1]["error_type"], "invalid_data");
+    assert_eq!(reply["verdicts"][1]["field_path"], "data.path");
+    // Both went to the topic all the same.
+    assert_eq!(bridge.messages(2).len(), 2);
+
+    // Without the parameter the reply is as before.
+    let plain: serde_json::Value = bridge.post_json(body).await.json().await.unwrap();
+    assert!(plain.get("verdicts").is_none(), "{plain}");
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_verdicts_parameter_that_is_not_a_boolean_gets_400_and_produces_nothing() {
+    let bridge = Bridge::start(&services().broker.bootstrap(), |_| {}).await;
+    let reply = bridge
+        .http
+        .post(format!("{}/v1/events?verdicts=please", bridge.url))
+        .bearer_auth(SHOP_KEY)
+        .body(reference_event("pageview"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    let reply: serde_json::Value = reply.json().await.unwrap();
+    assert_eq!(reply["error"], "bad_query");
+    assert!(bridge.messages(0).is_empty());
+    bridge.shutdown().await;
+}

@@ -83,7 +83,7 @@ async fn the_snippet_loses_nothing_and_duplicates_nothing_across_an_outage_and_a
     let site_port = eye_devenv::process::free_port();
     let mut ingest = setup.bridge_config("website", KEY);
     ingest.cors_allowed_origins = vec![format!("http://127.0.0.1:{site_port}")];
-    let bridge = eye_ingest::Spawned::start(ingest).await.unwrap();
+    let bridge = start_bridge(ingest).await;
     let processor = Processor::start(setup.config()).await;
 
     let visit = run_script(

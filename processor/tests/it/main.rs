@@ -19,3 +19,4 @@ mod replay;
 mod validate;
 mod validate_envelope;
 mod validate_equivalence;
+mod verdicts;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, Utc};
 use eye_core::schemas::{EventEnvelope, SchemaRegistry};
-use eye_processor::validate::{Envelope, ErrorType, FailedEvent, Validator};
+use eye_core::validate::{Envelope, ErrorType, FailedEvent, Validator};
 use serde_json::{json, Value};
 use uuid::Uuid;
 

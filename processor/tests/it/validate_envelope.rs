@@ -2,7 +2,7 @@
 //! their edges, and a replay deciding every message the same.
 
 use chrono::DateTime;
-use eye_processor::validate::{Envelope, ErrorType, FailedEvent, Transport};
+use eye_core::validate::{Envelope, ErrorType, FailedEvent, Transport};
 use proptest::prelude::*;
 use serde_json::json;
 use uuid::Uuid;
@@ -28,7 +28,7 @@ fn transport<'a>(
 const KAFKA_TIME_MS: i64 = 1_609_492_528_000;
 
 /// The decision for the reference pageview under these transport facts.
-fn decide(transport: &Transport<'_>) -> Result<eye_processor::validate::ValidEvent, FailedEvent> {
+fn decide(transport: &Transport<'_>) -> Result<eye_core::validate::ValidEvent, FailedEvent> {
     let envelope = Envelope::of(transport, "direct");
     validator().validate(reference("pageview").to_string().as_bytes(), &envelope)
 }

@@ -11,7 +11,7 @@ use eye_core::convert::{json_kind, json_to_avro};
 use eye_core::raw::Stamp;
 use eye_core::schemas::SchemaRegistry;
 use eye_core::timestamp::parse_event_time;
-use eye_processor::validate::{Envelope, ErrorType, FailedEvent, Failure, ValidEvent, Validator};
+use eye_core::validate::{Envelope, ErrorType, FailedEvent, Failure, ValidEvent, Validator};
 use proptest::prelude::*;
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;

@@ -168,6 +168,10 @@ impl Stack {
                     ("EYE_OPERATIONS_LISTEN", ingest_operations_listen.clone()),
                     ("EYE_KAFKA__BROKERS", broker.bootstrap()),
                     ("EYE_PRODUCER__TOPIC", RAW_TOPIC.into()),
+                    (
+                        "EYE_SCHEMAS_DIR",
+                        programs.schemas_dir.display().to_string(),
+                    ),
                 ],
             ),
         );

@@ -57,6 +57,7 @@ async fn generated_traffic_reaches_the_processor_as_generated_over_both_targets(
         key_sha256: key_sha256("shop-key"),
         ..Application::default()
     }];
+    ingest.schemas_dir = repo("schemas");
     ingest.listen = "127.0.0.1:0".into();
     ingest.operations_listen = "127.0.0.1:0".into();
     let bridge = eye_ingest::Spawned::start(ingest).await.unwrap();

@@ -185,6 +185,10 @@ pub fn start_pipeline(state: &Path, ports: &Ports) -> Result<()> {
                 ("EYE_LISTEN", ingest_listen.clone()),
                 ("EYE_OPERATIONS_LISTEN", ingest_operations_listen.clone()),
                 ("EYE_KAFKA__BROKERS", kafka.clone()),
+                (
+                    "EYE_SCHEMAS_DIR",
+                    root.join("schemas").display().to_string(),
+                ),
             ],
         ),
         &format!("http://{ingest_listen}/v1/events, http://{ingest_operations_listen}/metrics"),

@@ -62,6 +62,7 @@ impl Bridge {
                 ..Application::default()
             },
         ];
+        config.schemas_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas").into();
         config.listen = "127.0.0.1:0".into();
         config.operations_listen = "127.0.0.1:0".into();
         adjust(&mut config);

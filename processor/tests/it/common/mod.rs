@@ -53,9 +53,7 @@ impl Setup {
 
     /// The bridge in-process, producing to this setup's topic for one application and its key.
     pub async fn bridge(&self, application: &str, key: &str) -> eye_ingest::Spawned {
-        eye_ingest::Spawned::start(self.bridge_config(application, key))
-            .await
-            .unwrap()
+        start_bridge(self.bridge_config(application, key)).await
     }
 
     /// The settings of [`Setup::bridge`], on free ports.
@@ -68,6 +66,7 @@ impl Setup {
             key_sha256: eye_ingest::auth::key_sha256(key),
             ..Default::default()
         }];
+        ingest.schemas_dir = repo("schemas");
         ingest.listen = "127.0.0.1:0".into();
         ingest.operations_listen = "127.0.0.1:0".into();
         ingest
@@ -185,6 +184,24 @@ impl Setup {
 }
 
 /// The processor served in-process.
+/// The bridge in-process with `config`, once it is ready (connected to the broker).
+pub async fn start_bridge(config: eye_ingest::config::IngestConfig) -> eye_ingest::Spawned {
+    let bridge = eye_ingest::Spawned::start(config).await.unwrap();
+    let ready = format!("http://{}/readyz", bridge.operations_addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|response| response.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge not ready within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bridge
+}
+
 pub struct Processor {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,

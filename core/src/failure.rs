@@ -1,7 +1,7 @@
 //! The failure vocabulary: what can be wrong with a message (`ErrorType`, stored as
 //! `event_errors.error_type`) and one failure's type, reason and field.
 
-use eye_core::convert::{ConversionError, MismatchKind};
+use crate::convert::{ConversionError, MismatchKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorType {

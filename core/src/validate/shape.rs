@@ -1,6 +1,6 @@
 //! A type's `data` schema compiled once into a shape that judges JSON text directly: it walks
 //! the text (no `serde_json::Value`, no Avro value), decides the first mismatch exactly as
-//! `eye_core::convert::json_to_avro` names it, and writes the payload's canonical JSON (compact,
+//! `crate::convert::json_to_avro` names it, and writes the payload's canonical JSON (compact,
 //! keys in byte order, a repeated key's last value) as it goes: the `events.data` column.
 //!
 //! Objects are read as (key, raw text) entries ([`super::raw`]), sorted and deduplicated, so a
@@ -11,9 +11,9 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use crate::convert::{json_to_avro, ConversionError, MismatchKind};
 use apache_avro::schema::RecordSchema;
 use apache_avro::Schema;
-use eye_core::convert::{json_to_avro, ConversionError, MismatchKind};
 use serde_json::value::RawValue;
 use serde_json::{Number, Value as Json};
 use uuid::Uuid;

@@ -10,10 +10,10 @@
 
 use std::collections::HashMap;
 
+use crate::raw::Stamp;
+use crate::schemas::SchemaRegistry;
+use crate::timestamp::parse_event_time;
 use chrono::Duration;
-use eye_core::raw::Stamp;
-use eye_core::schemas::SchemaRegistry;
-use eye_core::timestamp::parse_event_time;
 use uuid::Uuid;
 
 use super::raw::{parse_string, top_level_kind, Entries, Kind};

@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 
+use crate::schemas::EventSchema;
 use apache_avro::types::Value as Avro;
 use chrono::{DateTime, Utc};
-use eye_core::schemas::EventSchema;
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
-use eye_core::timestamp::in_datetime_range;
+use crate::timestamp::in_datetime_range;
 
 use super::{ErrorType, Failure, MAX_APPLICATION_BYTES};
 

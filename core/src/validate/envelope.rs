@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
-use eye_core::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
-use eye_core::timestamp::in_datetime_range;
+use crate::raw::{APPLICATION_HEADER, EVENT_ID_HEADER, RECEIVED_AT_HEADER};
+use crate::timestamp::in_datetime_range;
 
 use super::{ErrorType, Failure};
 

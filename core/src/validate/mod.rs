@@ -13,7 +13,7 @@
 //! 3. `invalid_type` — one of those (or `event_id`) of the wrong JSON type;
 //! 4. `unexpected_field` — a top-level key outside the envelope;
 //! 5. `invalid_session_id` — `session_id` is not a UUID;
-//! 6. `invalid_timestamp` — `timestamp` is in no accepted form (see `eye_core::timestamp`);
+//! 6. `invalid_timestamp` — `timestamp` is in no accepted form (see `crate::timestamp`);
 //! 7. `unknown_event_type` — no schema for (category, name);
 //! 8. `unexpected_field` / `invalid_data` — `data` does not match the type's schema: records are
 //!    closed (an unknown key is `unexpected_field`), other mismatches are `invalid_data`; the
@@ -26,16 +26,13 @@ mod json;
 mod raw;
 mod shape;
 
+use crate::raw::Stamp;
+use crate::schemas::{SchemaRegistry, SINGLE_OBJECT_MARKER};
 use chrono::{DateTime, Utc};
-use eye_core::raw::Stamp;
-use eye_core::schemas::{SchemaRegistry, SINGLE_OBJECT_MARKER};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use eye_core::timestamp::split_seconds;
-
 pub use crate::failure::{ErrorType, Failure};
-use crate::rows::{ErrorRow, EventRow};
 pub use envelope::{Envelope, Transport, MAX_APPLICATION_BYTES};
 
 use avro::{hex_string, AvroEvent};
@@ -73,33 +70,6 @@ pub struct ValidEvent {
     pub schema_version: u32,
 }
 
-impl ValidEvent {
-    /// The event's `events` row, read from `partition` at `offset`.
-    pub fn into_row(self, partition: i32, offset: i64) -> EventRow {
-        let valid = self;
-        let (timestamp, timestamp_us) = split_seconds(valid.timestamp);
-        let (received_at, received_at_us) = split_seconds(valid.stamp.received_at);
-        EventRow {
-            event_id: valid.stamp.event_id,
-            application: valid.stamp.application,
-            session_id: valid.session_id,
-            category: valid.category,
-            name: valid.name,
-            timestamp,
-            timestamp_us,
-            received_at,
-            received_at_us,
-            host: valid.host,
-            path: valid.path,
-            data: valid.data,
-            schema_version: valid.schema_version as u16,
-            kafka_partition: partition,
-            // Kafka offsets are never negative.
-            kafka_offset: offset as u64,
-        }
-    }
-}
-
 /// A failed event: its identity, what could be read of its type, and why it failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailedEvent {
@@ -109,31 +79,6 @@ pub struct FailedEvent {
     pub category: String,
     pub name: String,
     pub failure: Failure,
-}
-
-impl FailedEvent {
-    /// The failure's `event_errors` row: `raw` is the message value, read from `partition` at
-    /// `offset`.
-    pub fn into_row(self, raw: &[u8], partition: i32, offset: i64) -> ErrorRow {
-        let failed = self;
-        let (received_at, received_at_us) = split_seconds(failed.stamp.received_at);
-        ErrorRow {
-            event_id: failed.stamp.event_id,
-            application: failed.stamp.application,
-            session_id: failed.session_id.unwrap_or(Uuid::nil()),
-            error_type: failed.failure.error_type.as_str().to_string(),
-            reason: failed.failure.reason,
-            field_path: failed.failure.field_path,
-            category: failed.category,
-            name: failed.name,
-            raw: raw.to_vec(),
-            received_at,
-            received_at_us,
-            kafka_partition: partition,
-            // Kafka offsets are never negative.
-            kafka_offset: offset as u64,
-        }
-    }
 }
 
 pub struct Validator {
@@ -280,62 +225,4 @@ fn check_not_future(
         ));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn stamp() -> Stamp {
-        Stamp {
-            event_id: Uuid::from_u128(7),
-            received_at: Utc.timestamp_opt(1_609_492_527, 243_861_000).unwrap(),
-            application: "shop".into(),
-        }
-    }
-
-    #[test]
-    fn a_valid_events_row_splits_its_times_into_seconds_and_microseconds() {
-        let valid = ValidEvent {
-            stamp: stamp(),
-            session_id: Uuid::from_u128(9),
-            category: "page interaction".into(),
-            name: "pageview".into(),
-            timestamp: Utc.timestamp_opt(1_609_492_527, 243_860_000).unwrap(),
-            data: r#"{"host":"www.example.com","n":1,"path":"/"}"#.into(),
-            host: "www.example.com".into(),
-            path: "/".into(),
-            schema_version: 2,
-        };
-        let row = valid.into_row(3, 41);
-        assert_eq!((row.timestamp, row.timestamp_us), (1_609_492_527, 243_860));
-        assert_eq!(
-            (row.received_at, row.received_at_us),
-            (1_609_492_527, 243_861)
-        );
-        assert_eq!(
-            (row.host.as_str(), row.path.as_str()),
-            ("www.example.com", "/")
-        );
-        assert_eq!(row.data, r#"{"host":"www.example.com","n":1,"path":"/"}"#);
-        assert_eq!((row.kafka_partition, row.kafka_offset), (3, 41));
-        assert_eq!((row.application.as_str(), row.schema_version), ("shop", 2));
-    }
-
-    #[test]
-    fn a_failures_row_keeps_the_raw_bytes_and_a_nil_session_when_none_is_named() {
-        let failed = FailedEvent {
-            stamp: stamp(),
-            session_id: None,
-            category: String::new(),
-            name: String::new(),
-            failure: Failure::new(ErrorType::MalformedJson, "", "not JSON"),
-        };
-        let row = failed.into_row(b"\xff{", 1, 5);
-        assert_eq!(row.raw, b"\xff{");
-        assert!(row.session_id.is_nil());
-        assert_eq!(row.error_type, "malformed_json");
-        assert_eq!((row.kafka_partition, row.kafka_offset), (1, 5));
-    }
 }
