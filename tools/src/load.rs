@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use clap::{Args, ValueEnum};
+use eye_client::SendError;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -35,8 +36,9 @@ pub struct LoadArgs {
     /// Where events go.
     #[arg(long, value_enum, default_value_t = Target::Http)]
     target: Target,
-    /// The bridge's endpoint (`--target http`).
-    #[arg(long, default_value = "http://127.0.0.1:8080/v1/events")]
+    /// The bridge's base URL (`--target http`); requests go to its `/v1/events` through
+    /// `eye-client`'s `Endpoint`, the client services use.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     /// An application key of the bridge (`--target http`).
     #[arg(long, default_value = "eye-local-dev-key")]
@@ -79,11 +81,7 @@ pub struct LoadArgs {
 /// Where the clients send.
 #[derive(Clone)]
 enum Sender {
-    Http {
-        client: reqwest::Client,
-        url: String,
-        api_key: String,
-    },
+    Http(eye_client::Endpoint),
     Kafka {
         producer: FutureProducer,
         topic: String,
@@ -100,25 +98,17 @@ enum Reply {
 impl Sender {
     async fn send(&self, events: &[GeneratedEvent]) -> Reply {
         match self {
-            Sender::Http {
-                client,
-                url,
-                api_key,
-            } => {
-                let body = crate::traffic::request_body(events);
-                match client
-                    .post(url)
-                    .bearer_auth(api_key)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
-                        Reply::Accepted
+            Sender::Http(endpoint) => {
+                match endpoint.post(crate::traffic::request_body(events)).await {
+                    Ok(_) => Reply::Accepted,
+                    Err(
+                        SendError::Refused { status, .. }
+                        | SendError::UnexpectedReply { status, .. },
+                    ) => Reply::Refused(status.to_string()),
+                    Err(SendError::Transport(error)) if error.is_timeout() => {
+                        Reply::Refused("timeout".into())
                     }
-                    Ok(response) => Reply::Refused(response.status().as_u16().to_string()),
-                    Err(_) => Reply::Refused("connection".into()),
+                    Err(SendError::Transport(_)) => Reply::Refused("connection".into()),
                 }
             }
             Sender::Kafka {
@@ -181,13 +171,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .map(|seconds| Instant::now() + Duration::from_secs(seconds));
     let generator = Arc::new(Mutex::new(Generator::new(&args.traffic, Utc::now())?));
     let sender = match args.target {
-        Target::Http => Sender::Http {
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(args.clients)
-                .build()?,
-            url: args.url.clone(),
-            api_key: args.api_key.clone(),
-        },
+        // Uncompressed, as a browser or a simple client sends; one attempt per request, since
+        // the figures count every reply.
+        Target::Http => Sender::Http(eye_client::Endpoint::new(
+            &args.url,
+            &args.api_key,
+            false,
+            Duration::from_secs(30),
+        )?),
         Target::Kafka => Sender::Kafka {
             producer: {
                 eye_core::kafka::create_topics(

@@ -61,7 +61,7 @@ async fn generated_traffic_reaches_the_processor_as_generated_over_both_targets(
     ingest.listen = "127.0.0.1:0".into();
     ingest.operations_listen = "127.0.0.1:0".into();
     let bridge = eye_ingest::Spawned::start(ingest).await.unwrap();
-    let url = format!("http://{}/v1/events", bridge.api_addr);
+    let url = format!("http://{}", bridge.api_addr);
     let ready = format!("http://{}/readyz", bridge.operations_addr);
 
     let deadline = Instant::now() + Duration::from_secs(30);
