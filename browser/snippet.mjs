@@ -3,9 +3,9 @@
 // lands on the thank-you page, the bridge comes back, clicks once more and leaves. Prints one JSON
 // line: every event the page made, in the order it made them, and the session ids it used.
 // Called by processor/tests/it/browser.rs, which then reads the events from ClickHouse.
-import http from 'node:http';
 import net from 'node:net';
 import { launch, required } from './chromium.mjs';
+import { page as sitePage, serveSite } from './site.mjs';
 
 const bridge = new URL(required('EYE_BRIDGE_URL'));
 const apiKey = required('EYE_API_KEY');
@@ -67,10 +67,7 @@ const relay = new Relay();
 await relay.listen();
 const snippet = `http://127.0.0.1:${relay.port}/v1/eye.js`;
 
-function html(title, body) {
-  return `<!doctype html><html><head><meta charset="utf-8"><title>${title}</title>
-<script src="${snippet}" data-api-key="${apiKey}"></script></head><body>${body}</body></html>`;
-}
+const html = (title, body) => sitePage(title, snippet, { 'api-key': apiKey }, body);
 
 const pages = {
   '/': html('Home', `
@@ -83,12 +80,7 @@ const pages = {
 <a id="home" href="/" onclick="eye.track('page interaction', 'cta click', {...eye.page(), element: 'back home'})">Home</a>`),
 };
 
-const site = http.createServer((request, response) => {
-  const page = pages[new URL(request.url, 'http://site').pathname];
-  response.writeHead(page ? 200 : 404, { 'Content-Type': 'text/html; charset=utf-8' });
-  response.end(page || 'not found');
-});
-await new Promise((resolve) => site.listen(sitePort, '127.0.0.1', resolve));
+const site = await serveSite(sitePort, pages);
 
 const browser = await launch();
 const made = new Map();

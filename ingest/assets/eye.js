@@ -10,9 +10,9 @@
  * request at a time, in the order they happened. A session is one per tab and site, and a new one
  * starts after `sessionIdleMinutes` without an event.
  *
- * Options: data-* attributes of the script tag, or eye.init({...}) for a snippet loaded without
- * one (apiKey, endpoint, sessionIdleMinutes, autoPageview, batchSize, flushIntervalMs,
- * maxQueuedEvents, maxRetryDelayMs).
+ * Options (defaults in init below): data-* attributes of the script tag (data-api-key,
+ * data-session-idle-minutes, data-batch-size, …), or eye.init({apiKey, ...}) for a snippet loaded
+ * without data-api-key.
  */
 (function () {
   'use strict';
@@ -64,6 +64,8 @@
   // Events not yet acknowledged, oldest first; the first `inFlight` of them are being sent.
   var queue = [];
   var inFlight = 0;
+  // Lowered when the bridge refuses a batch as too large, so that one event fails alone.
+  var batchLimit = Infinity;
   var failures = 0;
   var timer = null;
   var reachable = true;
@@ -107,7 +109,7 @@
   function flush() {
     if (!options || inFlight > 0 || queue.length === 0) return;
     if (navigator.onLine === false) return; // the `online` event flushes
-    inFlight = Math.min(queue.length, options.batchSize);
+    inFlight = Math.min(queue.length, options.batchSize, batchLimit);
     var batch = queue.slice(0, inFlight);
     // text/plain keeps the request "simple" (no CORS preflight); the bridge reads it as JSON.
     fetch(url(), {
@@ -121,9 +123,13 @@
       reachable = true;
       if (response.status === 202) {
         failures = 0;
+        batchLimit = Infinity;
         queue.splice(0, sent);
         persist();
         if (queue.length > 0) schedule(0);
+      } else if (response.status === 413 && sent > 1) {
+        batchLimit = Math.ceil(sent / 2);
+        schedule(0);
       } else if (response.status === 429 || response.status === 408 || response.status >= 500) {
         schedule(retryDelay(Number(response.headers.get('Retry-After'))));
       } else {
@@ -208,12 +214,13 @@
   window.eye = api;
 
   if (script && script.dataset.apiKey) {
-    var data = script.dataset;
-    init({
-      apiKey: data.apiKey,
-      endpoint: data.endpoint,
-      sessionIdleMinutes: data.sessionIdleMinutes && Number(data.sessionIdleMinutes),
-      autoPageview: data.autoPageview ? data.autoPageview !== 'false' : undefined
-    });
+    // data-session-idle-minutes is dataset.sessionIdleMinutes: the option of that name.
+    var given = {};
+    for (var name in script.dataset) {
+      var text = script.dataset[name];
+      given[name] = text === 'true' ? true : text === 'false' ? false :
+        text !== '' && !isNaN(Number(text)) && name !== 'apiKey' ? Number(text) : text;
+    }
+    init(given);
   }
 })();

@@ -30,7 +30,8 @@ pub const DOCUMENT_PATH: &str = "/openapi.json";
             topic, byte for byte, before the 202 reply. The processor then validates every event \
             against the Avro schema of its (category, name) and writes it to ClickHouse's `events`, \
             or to `event_errors` with a typed reason. Health, readiness and metrics are served on \
-            the separate operations listener (`operations_listen`), not here.",
+            the separate operations listener (`operations_listen`), not here. This document is \
+            served at `/openapi.json`, and browsable, with requests sent from the page, at `/docs`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(crate::routes::post_events, crate::routes::browser_snippet),

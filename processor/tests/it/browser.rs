@@ -185,3 +185,71 @@ async fn the_snippet_loses_nothing_and_duplicates_nothing_across_an_outage_and_a
     processor.stop().await;
     bridge.shutdown().await.unwrap();
 }
+
+/// Over the application's rate limit (429, `Retry-After`) the snippet sends the same events again
+/// until all are in; after its idle time a tab starts a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snippet_gets_every_event_through_a_rate_limit_and_rotates_an_idle_session() {
+    let setup = Setup::shared().await;
+    let site_port = eye_devenv::process::free_port();
+    let mut ingest = setup.bridge_config("limited-site", KEY);
+    ingest.cors_allowed_origins = vec![format!("http://127.0.0.1:{site_port}")];
+    ingest.limits.max_batch_events = 5;
+    ingest.applications[0].rate_limit = Some(eye_ingest::config::RateLimit {
+        events_per_second: 3,
+        burst_events: 5,
+    });
+    let bridge = start_bridge(ingest).await;
+    let processor = Processor::start(setup.config()).await;
+
+    let visit = run_script(
+        "snippet_limits.mjs",
+        vec![
+            ("EYE_BRIDGE_URL", format!("http://{}", bridge.api_addr)),
+            ("EYE_API_KEY", KEY.to_string()),
+            ("EYE_SITE_PORT", site_port.to_string()),
+            ("EYE_CLICKS", "12".to_string()),
+        ],
+    )
+    .await;
+    assert!(visit["statuses"]["429"].as_u64() > Some(0), "{visit}");
+    let made = visit["events"].as_array().unwrap();
+    assert_eq!(made.len(), 14, "{visit}");
+    let sessions: Vec<&str> = made
+        .iter()
+        .map(|event| event["session_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        sessions[..13].iter().all(|id| *id == sessions[0]),
+        "{visit}"
+    );
+    assert_ne!(sessions[13], sessions[0], "{visit}");
+
+    setup
+        .wait_for_count(
+            "SELECT count() FROM {db}.events FINAL",
+            14,
+            Duration::from_secs(60),
+        )
+        .await;
+    let stored = setup.query(&format!(
+        "SELECT arrayStringConcat(groupArray(toString(event_id)), ',') FROM \
+         (SELECT event_id FROM {{db}}.events WHERE session_id = '{}' \
+          GROUP BY event_id ORDER BY min(kafka_offset))",
+        sessions[0]
+    ));
+    let expected: Vec<&str> = made[..13]
+        .iter()
+        .map(|event| event["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored, expected.join(","));
+    assert_eq!(
+        setup.count(&format!(
+            "SELECT count() FROM {{db}}.events FINAL WHERE session_id = '{}'",
+            sessions[13]
+        )),
+        1
+    );
+    processor.stop().await;
+    bridge.shutdown().await.unwrap();
+}
