@@ -168,15 +168,7 @@ pub fn ensure_chdb() -> Result<()> {
     if importable {
         return Ok(());
     }
-    eprintln!("installing the chdb Python package with pip");
-    run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "chdb",
-    ]))
+    pip_install("chdb")
 }
 
 /// The schemathesis release the API tests run (`python3 -m schemathesis.cli`).
@@ -192,14 +184,18 @@ pub fn ensure_schemathesis() -> Result<()> {
     if installed {
         return Ok(());
     }
-    eprintln!("installing schemathesis {SCHEMATHESIS_VERSION} with pip");
+    pip_install(&format!("schemathesis=={SCHEMATHESIS_VERSION}"))
+}
+
+fn pip_install(requirement: &str) -> Result<()> {
+    eprintln!("installing {requirement} with pip");
     run(Command::new("python3").args([
         "-m",
         "pip",
         "install",
         "--quiet",
         "--disable-pip-version-check",
-        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+        requirement,
     ]))
 }
 

@@ -9,6 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 pub use nix::sys::signal::Signal;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::broker::{Broker, Storage};
 use crate::clickhouse::ClickHouseServer;
@@ -295,4 +298,43 @@ fn clickhouse_server_binary() -> PathBuf {
     install::clickhouse_server().expect(
         "clickhouse-server is not installed: run the tests with `cargo dev test`, which installs it",
     )
+}
+
+/// Every message of `topic` (its partitions `0..partitions`) once `expected` have arrived, and a
+/// moment more, so that extra messages would be seen too; what arrived after a minute otherwise.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut messages = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut settle_until = None;
+    loop {
+        let now = std::time::Instant::now();
+        if now > deadline || settle_until.is_some_and(|until| now > until) {
+            break;
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(message.unwrap().detach());
+        }
+        if messages.len() >= expected && settle_until.is_none() {
+            settle_until = Some(std::time::Instant::now() + Duration::from_millis(1500));
+        }
+    }
+    messages
 }

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use eye_client::{Backoff, Client, ClientConfig, ClientError, Event, SendError};
 use eye_core::raw::EVENT_ID_HEADER;
-use eye_devenv::testing::{new_topic, services, unique_name};
+use eye_devenv::testing::{new_topic, read_topic, services};
 use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig, RateLimit};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::{ClientConfig as KafkaConfig, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -43,42 +42,20 @@ fn events(count: usize) -> Vec<Event> {
         .collect()
 }
 
-/// The `eye.event_id` of every message on `topic`, once `expected` have arrived (and a moment
-/// more, so that extra copies would be seen).
+/// The `eye.event_id` of every message on `topic`, once `expected` have arrived.
 fn event_ids_on(topic: &str, expected: usize) -> Vec<Uuid> {
-    let consumer: BaseConsumer = KafkaConfig::new()
-        .set("bootstrap.servers", services().broker.bootstrap())
-        .set("group.id", unique_name("reader"))
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut ids = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut settle = None;
-    while std::time::Instant::now() < deadline
-        && settle.is_none_or(|until| std::time::Instant::now() < until)
-    {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let message = message.unwrap();
-            let headers = message.headers().unwrap();
+    read_topic(&services().broker.bootstrap(), topic, PARTITIONS, expected)
+        .iter()
+        .map(|message| {
+            let headers = message.headers().expect("the bridge's headers");
             let id = headers
                 .iter()
                 .find(|header| header.key == EVENT_ID_HEADER)
                 .and_then(|header| header.value)
-                .unwrap();
-            ids.push(Uuid::parse_str(std::str::from_utf8(id).unwrap()).unwrap());
-        }
-        if ids.len() >= expected && settle.is_none() {
-            settle = Some(std::time::Instant::now() + Duration::from_millis(1500));
-        }
-    }
-    ids
+                .expect("an event id");
+            Uuid::parse_str(std::str::from_utf8(id).unwrap()).unwrap()
+        })
+        .collect()
 }
 
 fn assert_exactly_once(sent: &[Event], on_topic: &[Uuid]) {

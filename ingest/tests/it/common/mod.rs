@@ -4,14 +4,13 @@
 use std::io::Write;
 use std::time::Duration;
 
-use eye_devenv::testing::{new_topic, unique_name};
+use eye_devenv::testing::{new_topic, read_topic};
 use eye_ingest::auth::key_sha256;
 use eye_ingest::config::{Application, IngestConfig};
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use reqwest::StatusCode;
 
 pub const PARTITIONS: i32 = 3;
@@ -123,7 +122,7 @@ impl Bridge {
     /// Every message on the topic once `expected` have arrived (and a moment more, so extra
     /// messages would be seen too).
     pub fn messages(&self, expected: usize) -> Vec<OwnedMessage> {
-        read_topic(&self.bootstrap, &self.topic, expected)
+        read_topic(&self.bootstrap, &self.topic, PARTITIONS, expected)
     }
 
     pub async fn shutdown(mut self) {
@@ -134,38 +133,6 @@ impl Bridge {
             .await
             .expect("ingest serves");
     }
-}
-
-pub fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique_name("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut messages = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut settle_until = None;
-    loop {
-        let now = std::time::Instant::now();
-        if now > deadline || settle_until.is_some_and(|until| now > until) {
-            break;
-        }
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            messages.push(message.unwrap().detach());
-        }
-        if messages.len() >= expected && settle_until.is_none() {
-            settle_until = Some(std::time::Instant::now() + Duration::from_millis(1500));
-        }
-    }
-    messages
 }
 
 pub fn header<'a>(message: &'a OwnedMessage, name: &str) -> &'a str {
