@@ -1,7 +1,8 @@
-// The snippet's session rotation and its answer to a rate limit: a page whose snippet has a short
-// idle time (data-session-idle-minutes) and small batches sends a pageview and a burst of clicks
-// to a bridge that rate-limits the application (429 with Retry-After), waits past the idle time
-// and clicks once more. Prints one JSON line: every event the page sent, in order, the session
+// The snippet's session rotation, its answer to a rate limit and to going offline: a page whose
+// snippet has a short idle time (data-session-idle-minutes) and small batches sends a pageview and
+// a burst of clicks to a bridge that rate-limits the application (429 with Retry-After), clicks
+// while the browser is offline and comes back online, waits past the idle time and clicks once
+// more. Prints one JSON line: every event the page sent, in order, the session
 // ids, and how many replies were 429.
 // Called by processor/tests/it/browser.rs, which then reads the events from ClickHouse.
 import { launch, required } from './chromium.mjs';
@@ -43,6 +44,13 @@ try {
   for (let click = 0; click < clicks; click++) {
     await tab.click('#cta');
   }
+  // Offline while the burst is still being let through: one more click waits in the queue.
+  const context = tab.context();
+  await context.setOffline(true);
+  await tab.click('#cta');
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const queuedOffline = JSON.parse(await tab.evaluate(() => sessionStorage.getItem('eye.queue'))).length;
+  await context.setOffline(false);
   await drained();
   // Past the idle time (0.03 minutes): the next event starts a new session.
   await new Promise((resolve) => setTimeout(resolve, 2500));
@@ -51,7 +59,7 @@ try {
 
   const events = [...made.values()];
   const sessions = [...new Set(events.map((event) => event.session_id))];
-  console.log(JSON.stringify({ events, sessions, statuses }));
+  console.log(JSON.stringify({ events, sessions, statuses, queuedOffline }));
 } finally {
   await browser.close();
   site.close();

@@ -187,9 +187,11 @@ async fn the_snippet_loses_nothing_and_duplicates_nothing_across_an_outage_and_a
 }
 
 /// Over the application's rate limit (429, `Retry-After`) the snippet sends the same events again
-/// until all are in; after its idle time a tab starts a new session.
+/// until all are in; an event made offline waits and goes once the browser is online; after its
+/// idle time a tab starts a new session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_snippet_gets_every_event_through_a_rate_limit_and_rotates_an_idle_session() {
+async fn the_snippet_gets_every_event_through_a_rate_limit_and_offline_and_rotates_an_idle_session()
+{
     let setup = Setup::shared().await;
     let site_port = eye_devenv::process::free_port();
     let mut ingest = setup.bridge_config("limited-site", KEY);
@@ -213,22 +215,23 @@ async fn the_snippet_gets_every_event_through_a_rate_limit_and_rotates_an_idle_s
     )
     .await;
     assert!(visit["statuses"]["429"].as_u64() > Some(0), "{visit}");
+    assert!(visit["queuedOffline"].as_u64() > Some(0), "{visit}");
     let made = visit["events"].as_array().unwrap();
-    assert_eq!(made.len(), 14, "{visit}");
+    assert_eq!(made.len(), 15, "{visit}");
     let sessions: Vec<&str> = made
         .iter()
         .map(|event| event["session_id"].as_str().unwrap())
         .collect();
     assert!(
-        sessions[..13].iter().all(|id| *id == sessions[0]),
+        sessions[..14].iter().all(|id| *id == sessions[0]),
         "{visit}"
     );
-    assert_ne!(sessions[13], sessions[0], "{visit}");
+    assert_ne!(sessions[14], sessions[0], "{visit}");
 
     setup
         .wait_for_count(
             "SELECT count() FROM {db}.events FINAL",
-            14,
+            15,
             Duration::from_secs(60),
         )
         .await;
@@ -238,7 +241,7 @@ async fn the_snippet_gets_every_event_through_a_rate_limit_and_rotates_an_idle_s
           GROUP BY event_id ORDER BY min(kafka_offset))",
         sessions[0]
     ));
-    let expected: Vec<&str> = made[..13]
+    let expected: Vec<&str> = made[..14]
         .iter()
         .map(|event| event["event_id"].as_str().unwrap())
         .collect();
@@ -246,7 +249,7 @@ async fn the_snippet_gets_every_event_through_a_rate_limit_and_rotates_an_idle_s
     assert_eq!(
         setup.count(&format!(
             "SELECT count() FROM {{db}}.events FINAL WHERE session_id = '{}'",
-            sessions[13]
+            sessions[14]
         )),
         1
     );
