@@ -231,11 +231,17 @@ impl Changelog {
         for bytes in latest.into_values() {
             match decode(&bytes) {
                 Some(session) => sessions.push(session),
-                None => counter!("eye_processor_session_states_unreadable_total").increment(1),
+                None => count_unreadable_state(),
             }
         }
         Ok(sessions)
     }
+}
+
+/// A stored state that cannot be used (undecodable, or naming what it does not hold): that session
+/// is read back from ClickHouse instead.
+pub fn count_unreadable_state() {
+    counter!("eye_processor_session_states_unreadable_total").increment(1);
 }
 
 /// Each key's latest body in `partitions` (tombstones remove the key), up to the end each had

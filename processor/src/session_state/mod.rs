@@ -164,7 +164,7 @@ impl SessionStates {
         for session in stored {
             let (application, session_id) = (session.application.clone(), session.session_id);
             let Some(state) = SessionState::from_stored(session, &mut self.types) else {
-                counter!("eye_processor_session_states_unreadable_total").increment(1);
+                changelog::count_unreadable_state();
                 continue;
             };
             self.newest_received_us = self.newest_received_us.max(state.last_received_us());
