@@ -262,10 +262,11 @@ impl Batcher {
             body.extend_from_slice(&queued.json);
         }
         body.push(b']');
+        let body = self.endpoint.encode(body);
         let started = Instant::now();
         let mut attempt = 0;
         loop {
-            let error = match self.endpoint.post(body.clone()).await {
+            let error = match self.endpoint.post_encoded(body.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(error) => error,
             };

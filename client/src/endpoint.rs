@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde::Deserialize;
@@ -85,19 +86,31 @@ impl Endpoint {
         })
     }
 
-    /// Sends `body`, a JSON event or array of events, once.
-    pub async fn post(&self, body: Vec<u8>) -> Result<Accepted, SendError> {
+    /// Sends `json`, a JSON event or array of events, once.
+    pub async fn post(&self, json: Vec<u8>) -> Result<Accepted, SendError> {
+        self.post_encoded(self.encode(json)).await
+    }
+
+    /// The request body for `json`: gzipped when the endpoint gzips. Encoded once per batch, so
+    /// a resend costs no compression.
+    pub(crate) fn encode(&self, json: Vec<u8>) -> Bytes {
+        if self.gzip {
+            Bytes::from(gzip(&json))
+        } else {
+            Bytes::from(json)
+        }
+    }
+
+    /// Sends a body made by [`Endpoint::encode`], once.
+    pub(crate) async fn post_encoded(&self, body: Bytes) -> Result<Accepted, SendError> {
         let mut request = self
             .http
             .post(&self.url)
             .bearer_auth(&self.api_key)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
-        let body = if self.gzip {
+        if self.gzip {
             request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
-            gzip(&body)
-        } else {
-            body
-        };
+        }
         let response = request
             .body(body)
             .send()

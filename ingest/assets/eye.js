@@ -153,9 +153,9 @@
   function flushOnExit() {
     if (!options || queue.length === 0 || !reachable || !navigator.sendBeacon) return;
     var body = JSON.stringify(queue.slice(0, options.batchSize));
-    if (navigator.sendBeacon(url(), new Blob([body], { type: 'text/plain' }))) {
-      save('queue', queue);
-    }
+    // The queue stays stored as it is (every change to it is): the beacon's events are
+    // unconfirmed until a 202.
+    navigator.sendBeacon(url(), new Blob([body], { type: 'text/plain' }));
   }
 
   function track(category, name, data) {

@@ -129,26 +129,15 @@ async fn the_snippet_loses_nothing_and_duplicates_nothing_across_an_outage_and_a
         .await;
     // Resent copies (the exit beacon's, or a retry's) collapse into one row each; the order is
     // that of each event's first copy on the topic (one session, one partition).
-    let rows = |sql: &str| -> Vec<Value> {
-        setup
-            .clickhouse
-            .query(&format!(
-                "{} FORMAT JSONEachRow",
-                sql.replace("{db}", &setup.database)
-            ))
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    };
-    let order: Vec<Value> = rows(&format!(
-        "SELECT toString(event_id) AS event_id FROM {{db}}.events \
+    let order: Vec<Value> = setup
+        .rows(&format!(
+            "SELECT toString(event_id) AS event_id FROM {{db}}.events \
          WHERE session_id = '{session_id}' GROUP BY event_id ORDER BY min(kafka_offset)"
-    ))
-    .into_iter()
-    .map(|row| row["event_id"].clone())
-    .collect();
-    let stored: Vec<Value> = rows(&format!(
+        ))
+        .into_iter()
+        .map(|row| row["event_id"].clone())
+        .collect();
+    let stored: Vec<Value> = setup.rows(&format!(
         "SELECT toString(event_id) AS event_id, category, name, data FROM {{db}}.events FINAL \
          WHERE session_id = '{session_id}'"
     ));

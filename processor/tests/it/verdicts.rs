@@ -124,29 +124,16 @@ async fn verdicts_of(url: &str, events: &[Value]) -> HashMap<String, Value> {
 
 /// What the processor recorded for each event, as a verdict.
 fn recorded(setup: &Setup, expected: usize) -> HashMap<String, Value> {
-    let rows = |sql: String| -> Vec<Value> {
-        setup
-            .clickhouse
-            .query(&format!("{sql} FORMAT JSONEachRow"))
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    };
     let mut recorded = HashMap::new();
-    for row in rows(format!(
-        "SELECT toString(event_id) AS id FROM {}.events FINAL",
-        setup.database
-    )) {
+    for row in setup.rows("SELECT toString(event_id) AS id FROM {db}.events FINAL") {
         recorded.insert(
             row["id"].as_str().unwrap().to_string(),
             json!({"verdict": "valid"}),
         );
     }
-    for row in rows(format!(
-        "SELECT toString(event_id) AS id, error_type, field_path, reason FROM {}.event_errors FINAL",
-        setup.database
-    )) {
+    for row in setup.rows(
+        "SELECT toString(event_id) AS id, error_type, field_path, reason FROM {db}.event_errors FINAL",
+    ) {
         recorded.insert(
             row["id"].as_str().unwrap().to_string(),
             json!({

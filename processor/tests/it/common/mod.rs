@@ -112,6 +112,14 @@ impl Setup {
             .to_string()
     }
 
+    /// Every row of `sql` (table names may use `{db}`) as a JSON object.
+    pub fn rows(&self, sql: &str) -> Vec<Value> {
+        self.query(&format!("{sql} FORMAT JSONEachRow"))
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+            .collect()
+    }
+
     pub fn count(&self, sql: &str) -> u64 {
         self.query(sql).parse().unwrap_or(0)
     }
