@@ -9,6 +9,7 @@
 //! failure counts in ClickHouse and publishes the error-alert topic.
 
 pub mod alerts;
+pub mod allocator;
 pub mod avro_topic;
 mod batch;
 pub mod config;

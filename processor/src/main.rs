@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 use eye_processor::config::ProcessorConfig;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+/// See [`eye_processor::allocator`].
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Eye's stream processor: consumes the raw event topic, validates every event against the
 /// Avro schema of its (category, name), and writes valid events and typed failures to ClickHouse.
 #[derive(Parser)]
@@ -39,8 +43,13 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("{text:?} is not RFC 3339 or YYYY-MM-DD HH:MM:SS"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts its threads.
+    eye_processor::allocator::return_freed_memory_sooner();
+    tokio::runtime::Runtime::new()?.block_on(serve_or_replay())
+}
+
+async fn serve_or_replay() -> anyhow::Result<()> {
     let cli = Cli::parse();
     eye_core::telemetry::init_logging();
     let config: ProcessorConfig = eye_core::settings::load(cli.config.as_deref())?;
