@@ -14,6 +14,7 @@ use crate::raw::Stamp;
 use crate::schemas::SchemaRegistry;
 use crate::timestamp::parse_event_time;
 use chrono::Duration;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::raw::{parse_string, top_level_kind, Entries, Kind};
@@ -195,8 +196,10 @@ impl JsonValidator {
         stamp: &Stamp,
         walk: &mut Walk,
     ) -> Result<ValidEvent, Mismatch<Failure>> {
+        let (members, unexpected) = envelope_members(object);
         let field = |key: &str| {
-            object.get(key).ok_or_else(|| {
+            let at = ENVELOPE_KEYS.iter().position(|known| *known == key);
+            at.and_then(|at| members[at]).ok_or_else(|| {
                 Mismatch::Data(Failure::new(
                     ErrorType::MissingField,
                     key,
@@ -211,8 +214,7 @@ impl JsonValidator {
             field("timestamp")?,
             field("data")?,
         );
-        let string = |key: &str, value: &'a serde_json::value::RawValue| match Kind::of(value.get())
-        {
+        let string = |key: &str, value: &'a RawValue| match Kind::of(value.get()) {
             Kind::String => parse_string(value.get()).map_err(Mismatch::NotJson),
             kind => Err(Mismatch::Data(Failure::new(
                 ErrorType::InvalidType,
@@ -234,7 +236,7 @@ impl JsonValidator {
                 format!("data must be an object, got a {}", data_kind.name()),
             )));
         }
-        if let Some(key) = object.keys().find(|key| !ENVELOPE_KEYS.contains(key)) {
+        if let Some(key) = unexpected {
             return Err(Mismatch::Data(Failure::new(
                 ErrorType::UnexpectedField,
                 key,
@@ -291,6 +293,27 @@ impl JsonValidator {
             schema_version: event_type.version,
         })
     }
+}
+
+/// The envelope's members, by their place in [`ENVELOPE_KEYS`], and the first other key in byte
+/// order: one pass over the members instead of a search for each key.
+fn envelope_members<'o, 'a>(
+    object: &'o Entries<'a>,
+) -> ([Option<&'a RawValue>; ENVELOPE_KEYS.len()], Option<&'o str>) {
+    let mut members = [None; ENVELOPE_KEYS.len()];
+    let mut unexpected = None;
+    for (key, value) in object.iter() {
+        match ENVELOPE_KEYS
+            .iter()
+            .position(|known| *known == key.as_ref())
+        {
+            Some(at) => members[at] = Some(*value),
+            None => {
+                unexpected.get_or_insert(key.as_ref());
+            }
+        }
+    }
+    (members, unexpected)
 }
 
 fn header_or_derived(envelope: &Envelope) -> Stamp {

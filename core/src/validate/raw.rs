@@ -61,7 +61,12 @@ impl<'a> Entries<'a> {
 
     /// A whole message's object (bytes, as the raw topic holds them).
     pub(super) fn parse_message(bytes: &'a [u8]) -> Result<Entries<'a>, serde_json::Error> {
-        let mut entries: Entries<'a> = serde_json::from_slice(bytes)?;
+        // Checked once as a whole, the text's raw values need no UTF-8 check each; bytes that are
+        // not UTF-8 are read as before, for serde_json to say where.
+        let mut entries: Entries<'a> = match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text)?,
+            Err(_) => serde_json::from_slice(bytes)?,
+        };
         entries.dropped_repeated_keys = entries.sort_keeping_last();
         Ok(entries)
     }
@@ -89,10 +94,6 @@ impl<'a> Entries<'a> {
             .binary_search_by(|(candidate, _)| candidate.as_ref().cmp(key))
             .ok()
             .map(|at| self.members[at].1)
-    }
-
-    pub(super) fn keys(&self) -> impl Iterator<Item = &str> {
-        self.members.iter().map(|(key, _)| key.as_ref())
     }
 
     pub(super) fn iter(&self) -> std::slice::Iter<'_, (Cow<'a, str>, &'a RawValue)> {

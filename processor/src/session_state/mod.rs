@@ -55,7 +55,8 @@ pub struct SessionChanges {
 }
 
 pub struct SessionStates {
-    held: HashMap<Uuid, Held>,
+    /// Boxed: growing the map moves pointers, not whole sessions, and its table stays small.
+    held: HashMap<Uuid, Box<Held>>,
     types: TypeNames,
     known: KnownSessions,
     reload_known: bool,
@@ -170,11 +171,11 @@ impl SessionStates {
             self.newest_received_us = self.newest_received_us.max(state.last_received_us());
             self.held.insert(
                 session_id,
-                Held {
+                Box::new(Held {
                     application,
                     state,
                     written_in: self.batches,
-                },
+                }),
             );
             restored += 1;
         }
@@ -329,11 +330,11 @@ impl SessionStates {
                     read_back(changes);
                     return None;
                 }
-                let held = entry.insert(Held {
+                let held = entry.insert(Box::new(Held {
                     application: application.to_string(),
                     state: SessionState::new(partition),
                     written_in: batches,
-                });
+                }));
                 Some(&mut held.state)
             }
         }
