@@ -154,7 +154,10 @@ impl<'de> Deserialize<'de> for Text<'de> {
 pub(super) fn parse_string(raw: &str) -> Result<Cow<'_, str>, serde_json::Error> {
     // A raw value has been read as JSON (control characters refused), so a string without
     // escapes is its text between the quotes.
-    if let Some(text) = raw.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
+    if let Some(text) = raw
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    {
         if !text.contains('\\') {
             return Ok(Cow::Borrowed(text));
         }

@@ -97,7 +97,9 @@ pub enum RestoreError {
 }
 
 pub fn encode(session: &StoredSession) -> Vec<u8> {
-    let mut bytes = vec![VERSION];
+    // A session of ten events takes about 300 bytes: room for it without growing by doubling.
+    let mut bytes = Vec::with_capacity(384);
+    bytes.push(VERSION);
     // Writing to a vector cannot fail, and every field has a serde form.
     postcard::to_io(session, &mut bytes).expect("a session encodes");
     bytes
