@@ -118,6 +118,17 @@ pub struct TopicSchema {
     pub single_object_header: [u8; 10],
     /// Resolves the schema once, not on every message (as `to_avro_datum` does).
     writer: Mutex<GenericSingleObjectWriter>,
+    /// The same schema, for [`TopicSchema::encode_fields`].
+    fields_schema: serde_avro_fast::Schema,
+}
+
+/// Why a record does not encode as its topic's schema.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicEncodeError {
+    #[error(transparent)]
+    Value(#[from] apache_avro::Error),
+    #[error(transparent)]
+    Fields(#[from] serde_avro_fast::ser::SerError),
 }
 
 impl std::fmt::Debug for TopicSchema {
@@ -139,7 +150,9 @@ pub enum DecodeError {
 
 impl TopicSchema {
     pub fn load(file: &Path) -> Result<Self, SchemaError> {
-        let schema = Schema::parse(&read_json(file)?).map_err(|err| invalid(file, err))?;
+        let json = read_json(file)?;
+        let schema = Schema::parse(&json).map_err(|err| invalid(file, err))?;
+        let fields_schema = json.to_string().parse().map_err(|err| invalid(file, err))?;
         let single_object_header = RabinFingerprintHeader::from_schema(&schema)
             .build_header()
             .try_into()
@@ -150,6 +163,7 @@ impl TopicSchema {
             schema,
             single_object_header,
             writer: Mutex::new(writer),
+            fields_schema,
         })
     }
 
@@ -180,11 +194,11 @@ impl TopicSchema {
     pub fn encode_fields(
         &self,
         record: &impl serde::Serialize,
-    ) -> Result<Vec<u8>, apache_avro::Error> {
+    ) -> Result<Vec<u8>, TopicEncodeError> {
         let mut bytes = Vec::with_capacity(256);
         bytes.extend_from_slice(&self.single_object_header);
-        apache_avro::write_avro_datum_ref(&self.schema, record, &mut bytes)?;
-        Ok(bytes)
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.fields_schema);
+        Ok(serde_avro_fast::to_datum(record, bytes, &mut config)?)
     }
 
     /// A message of this schema back into a value.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
 use eye_core::kafka::refused_for_good;
-use eye_core::schemas::TopicSchema;
+use eye_core::schemas::{TopicEncodeError, TopicSchema};
 use futures::future::join_all;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::future_producer::DeliveryFuture;
@@ -21,7 +21,7 @@ pub enum PublishError {
     #[error("does not encode as {schema}: {source}")]
     Encode {
         schema: String,
-        source: apache_avro::Error,
+        source: TopicEncodeError,
     },
     /// The broker or the client refuses the message for what it is (e.g. over the message
     /// size): the same message is refused every time.
@@ -51,12 +51,12 @@ impl From<KafkaError> for PublishError {
 
 /// What a topic's message is made from: an Avro value, or a type whose fields are the schema's.
 pub trait TopicRecord {
-    fn encode(&self, schema: &TopicSchema) -> Result<Vec<u8>, apache_avro::Error>;
+    fn encode(&self, schema: &TopicSchema) -> Result<Vec<u8>, TopicEncodeError>;
 }
 
 impl TopicRecord for Avro {
-    fn encode(&self, schema: &TopicSchema) -> Result<Vec<u8>, apache_avro::Error> {
-        schema.encode(self)
+    fn encode(&self, schema: &TopicSchema) -> Result<Vec<u8>, TopicEncodeError> {
+        Ok(schema.encode(self)?)
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use clickhouse::{Client, Row};
-use eye_core::schemas::TopicSchema;
+use eye_core::schemas::{TopicEncodeError, TopicSchema};
 use eye_core::settings::KafkaSettings;
 use metrics::counter;
 use rdkafka::error::KafkaError;
@@ -360,7 +360,7 @@ fn hyphenated<S: serde::Serializer>(id: &Uuid, serializer: S) -> Result<S::Ok, S
 }
 
 impl TopicRecord for SessionRecord<'_> {
-    fn encode(&self, schema: &TopicSchema) -> Result<Vec<u8>, apache_avro::Error> {
+    fn encode(&self, schema: &TopicSchema) -> Result<Vec<u8>, TopicEncodeError> {
         schema.encode_fields(self)
     }
 }
