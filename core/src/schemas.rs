@@ -188,9 +188,9 @@ impl TopicSchema {
     }
 
     /// `record` in single-object encoding, serialized straight from its fields, with no `Avro`
-    /// value between (no tree to build, validate and walk). The serializer writes fields in the
-    /// order `record` gives them and does not miss an absent one, so `record`'s fields must be
-    /// the schema's, in its order; a round trip through [`TopicSchema::decode`] is its test.
+    /// value between (no tree to build, validate and walk). serde_avro_fast writes each field
+    /// where the schema puts it, by name, and refuses a record that lacks one; a round trip
+    /// through [`TopicSchema::decode`] is its test.
     pub fn encode_fields(
         &self,
         record: &impl serde::Serialize,

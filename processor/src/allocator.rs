@@ -1,6 +1,6 @@
-//! The processor's allocator: mimalloc (the binary installs it). A batch allocates and frees
-//! tens of millions of small strings and vectors a minute, which glibc's allocator spent a quarter of
-//! the processor's CPU on (`docs/benchmarks.md`).
+//! The processor's allocator: mimalloc (the binary installs it). The processor allocates about
+//! 30 small strings and vectors an event, most of them freed a batch later, on which glibc's
+//! allocator spent a quarter of its CPU (`docs/benchmarks.md`).
 
 /// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3 option enums; the crate
 /// exposes no constant for it).
